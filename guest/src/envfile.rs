@@ -1,0 +1,204 @@
+//! The `<id>.env` file: what the host tells the guest about one VM.
+//!
+//! dotenv format, one `KEY='value'` per line. Single quotes mean no escapes and
+//! no `$` expansion, so a value may not contain `'`, a newline or NUL; the host
+//! refuses such values when it writes the file. The keys are internal to the
+//! project (design.md §3); only the file name and its semantics are the contract.
+
+use std::collections::HashMap;
+
+/// How the guest registers its runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// A single-use JIT config minted on the host (the default).
+    Jit {
+        /// `encoded_jit_config`, handed to the runner as `ACTIONS_RUNNER_INPUT_JITCONFIG`.
+        config: String,
+    },
+    /// A registration token for `config.sh --ephemeral` (`--no-jit`).
+    Token {
+        /// Web URL of the repository, organisation or enterprise.
+        url: String,
+        /// The registration token (valid one hour, single scope).
+        token: String,
+        /// Comma-separated labels.
+        labels: String,
+        /// Runner group name.
+        group: String,
+    },
+}
+
+/// Everything in a `.env`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestConfig {
+    /// Runner name, `<PREFIX>-<id>`.
+    pub name: String,
+    /// Credential and registration style.
+    pub registration: Registration,
+    /// The per-VM secret that `.trm` must carry and `.brk` will carry.
+    pub secret: String,
+    /// User to run the runner as (`root` keeps root).
+    pub user: String,
+    /// Let the runner update itself (`-U`).
+    pub update: bool,
+    /// Seconds a busy job may go on after a valid `.trm`.
+    pub grace: u64,
+    /// Verbosity (0 = warnings only).
+    pub verbose: u8,
+    /// DNS server for PID-1 mode (QEMU); empty when the backend sets it up.
+    pub dns: String,
+}
+
+/// A `.env` that cannot be written or understood.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvFileError {
+    /// A value that the format cannot carry.
+    #[error("value of {0} contains a quote, newline or NUL, which a .env cannot carry")]
+    BadValue(&'static str),
+    /// A required key is absent.
+    #[error("the .env has no {0}")]
+    Missing(&'static str),
+    /// A key with a value of the wrong shape.
+    #[error("the .env has an invalid {0}")]
+    Invalid(&'static str),
+    /// Not parseable as dotenv.
+    #[error("the .env is not in dotenv format")]
+    Parse(#[source] dotenvy::Error),
+}
+
+const NAME: &str = "GHRM_NAME";
+const MODE: &str = "GHRM_MODE";
+const JIT: &str = "GHRM_JITCONFIG";
+const URL: &str = "GHRM_URL";
+const TOKEN: &str = "GHRM_TOKEN";
+const LABELS: &str = "GHRM_LABELS";
+const GROUP: &str = "GHRM_GROUP";
+const SECRET: &str = "GHRM_SECRET";
+const USER: &str = "GHRM_USER";
+const UPDATE: &str = "GHRM_UPDATE";
+const GRACE: &str = "GHRM_GRACE";
+const VERBOSE: &str = "GHRM_VERBOSE";
+const DNS: &str = "GHRM_DNS";
+
+fn line(out: &mut String, key: &'static str, value: &str) -> Result<(), EnvFileError> {
+    if value.contains(['\'', '\n', '\r', '\0']) {
+        return Err(EnvFileError::BadValue(key));
+    }
+    out.push_str(key);
+    out.push_str("='");
+    out.push_str(value);
+    out.push_str("'\n");
+    Ok(())
+}
+
+impl GuestConfig {
+    /// Serialise to dotenv text.
+    pub fn to_dotenv(&self) -> Result<String, EnvFileError> {
+        let mut s = String::new();
+        line(&mut s, NAME, &self.name)?;
+        match &self.registration {
+            Registration::Jit { config } => {
+                line(&mut s, MODE, "jit")?;
+                line(&mut s, JIT, config)?;
+            }
+            Registration::Token { url, token, labels, group } => {
+                line(&mut s, MODE, "token")?;
+                line(&mut s, URL, url)?;
+                line(&mut s, TOKEN, token)?;
+                line(&mut s, LABELS, labels)?;
+                line(&mut s, GROUP, group)?;
+            }
+        }
+        line(&mut s, SECRET, &self.secret)?;
+        line(&mut s, USER, &self.user)?;
+        line(&mut s, UPDATE, if self.update { "1" } else { "0" })?;
+        line(&mut s, GRACE, &self.grace.to_string())?;
+        line(&mut s, VERBOSE, &self.verbose.to_string())?;
+        line(&mut s, DNS, &self.dns)?;
+        Ok(s)
+    }
+
+    /// Parse dotenv text.
+    pub fn from_dotenv(text: &[u8]) -> Result<Self, EnvFileError> {
+        let mut map = HashMap::new();
+        for item in dotenvy::from_read_iter(text) {
+            let (k, v) = item.map_err(EnvFileError::Parse)?;
+            map.insert(k, v);
+        }
+        let get = |k: &'static str| map.get(k).cloned().ok_or(EnvFileError::Missing(k));
+        let registration = match get(MODE)?.as_str() {
+            "jit" => Registration::Jit { config: get(JIT)? },
+            "token" => Registration::Token {
+                url: get(URL)?,
+                token: get(TOKEN)?,
+                labels: get(LABELS)?,
+                group: get(GROUP)?,
+            },
+            _ => return Err(EnvFileError::Invalid(MODE)),
+        };
+        let secret = get(SECRET)?;
+        if secret.is_empty() {
+            return Err(EnvFileError::Invalid(SECRET));
+        }
+        Ok(GuestConfig {
+            name: get(NAME)?,
+            registration,
+            secret,
+            user: get(USER)?,
+            update: get(UPDATE)? == "1",
+            grace: get(GRACE)?.parse().map_err(|_| EnvFileError::Invalid(GRACE))?,
+            verbose: get(VERBOSE)?.parse().map_err(|_| EnvFileError::Invalid(VERBOSE))?,
+            dns: map.get(DNS).cloned().unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(registration: Registration) -> GuestConfig {
+        GuestConfig {
+            name: "GH-runner-1-abc".into(),
+            registration,
+            secret: "s".repeat(40),
+            user: "runner".into(),
+            update: false,
+            grace: 300,
+            verbose: 1,
+            dns: "1.1.1.1".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        for r in [
+            Registration::Jit { config: "eyJhIjoiYiJ9+/==".into() },
+            Registration::Token {
+                url: "https://github.com/o/r".into(),
+                token: "AAA".into(),
+                labels: "microvm,krunvm,$HOME".into(),
+                group: "Default".into(),
+            },
+        ] {
+            let c = sample(r);
+            let text = c.to_dotenv().unwrap();
+            assert_eq!(GuestConfig::from_dotenv(text.as_bytes()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn refuses_unquotable_values() {
+        let mut c = sample(Registration::Jit { config: "x".into() });
+        c.name = "a'b".into();
+        assert!(matches!(c.to_dotenv(), Err(EnvFileError::BadValue(NAME))));
+        c.name = "a\nGHRM_USER=root".into();
+        assert!(c.to_dotenv().is_err());
+    }
+
+    #[test]
+    fn reports_missing_keys() {
+        let e = GuestConfig::from_dotenv(b"GHRM_MODE='jit'\n").unwrap_err();
+        assert!(matches!(e, EnvFileError::Missing(_)));
+    }
+}

@@ -1,0 +1,236 @@
+//! File operations on hostile ground (design.md §3).
+//!
+//! Whatever runs in the guest can be root and can create anything in the loop
+//! directory: a symlink named `<id>.trm` that points at a host file, a FIFO named
+//! `<id>.brk`, a 10 GB `<id>.tkn`, a directory where a file is expected. So:
+//! - reads open with `O_NOFOLLOW | O_NONBLOCK`, check on the *opened* descriptor
+//!   that it is a regular file, and read at most a bound;
+//! - writes create a fresh file with `O_EXCL | O_NOFOLLOW` under a random name
+//!   and `rename` it over the target, which replaces (never follows) a link;
+//! - removal unlinks names inside the directory and never follows anything.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Why a hostile-ground read was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SafeError {
+    /// The name is a symlink, FIFO, socket, device or directory.
+    #[error("{0} is not a regular file (refusing to follow or block on it)")]
+    NotRegular(PathBuf),
+    /// The file is larger than the protocol allows.
+    #[error("{path} is larger than {max} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The bound.
+        max: u64,
+    },
+    /// Any other I/O failure.
+    #[error("cannot access {0}")]
+    Io(PathBuf, #[source] io::Error),
+}
+
+/// Read a small regular file without following links or blocking.
+/// `Ok(None)` when nothing stands at `path`.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, SafeError> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // O_NOFOLLOW on a symlink gives ELOOP.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(SafeError::NotRegular(path.into()))
+        }
+        // O_NONBLOCK on a FIFO with no writer succeeds; a socket gives ENXIO.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(SafeError::NotRegular(path.into()))
+        }
+        Err(e) => return Err(SafeError::Io(path.into(), e)),
+    };
+    let meta = file.metadata().map_err(|e| SafeError::Io(path.into(), e))?;
+    if !meta.file_type().is_file() {
+        return Err(SafeError::NotRegular(path.into()));
+    }
+    if meta.len() > max {
+        return Err(SafeError::TooLarge { path: path.into(), max });
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    // The file may grow between fstat and read: take at most max + 1 bytes.
+    file.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| SafeError::Io(path.into(), e))?;
+    if buf.len() as u64 > max {
+        return Err(SafeError::TooLarge { path: path.into(), max });
+    }
+    Ok(Some(buf))
+}
+
+/// Is there a regular file (not a link to one) at `path`?
+pub fn is_regular(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// Write `content` to `path` with permissions `mode`, replacing whatever stands
+/// there (a planted symlink is replaced, never followed).
+pub fn write_replace(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let suffix = crate::secret::random_alnum(12).map_err(io::Error::other)?;
+    let tmp = dir.join(format!(".{name}.{suffix}.tmp"));
+    let result = (|| {
+        let mut f: File = OpenOptions::new()
+            .write(true)
+            .create_new(true) // O_CREAT | O_EXCL: never opens an existing name
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have narrowed `mode`; set it exactly.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(content)?;
+        f.sync_all()?;
+        match std::fs::rename(&tmp, path) {
+            // A directory planted at the name: remove it and try once more.
+            Err(e) if path.symlink_metadata().is_ok_and(|m| m.is_dir()) => {
+                std::fs::remove_dir_all(path).map_err(|_| e)?;
+                std::fs::rename(&tmp, path)
+            }
+            r => r,
+        }
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Remove whatever stands at `path` without following it. Missing is fine.
+pub fn remove(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        // remove_dir_all does not follow symlinks inside the tree.
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => match std::fs::remove_file(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        },
+    }
+}
+
+/// Remove every entry of `dir` named `<id>.*` (and our temporary `.<id>.*.tmp`),
+/// whatever its type. Returns how many were removed.
+pub fn remove_id_files(dir: &Path, id: &str) -> io::Result<usize> {
+    let dotted = format!("{id}.");
+    let hidden = format!(".{id}.");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(&dotted) || name.starts_with(&hidden) {
+            remove(&entry.path())?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Create `path` as a directory readable only by its owner (0700).
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "ghrm-safefs-{tag}-{}-{}",
+            std::process::id(),
+            crate::secret::random_alnum(6).unwrap()
+        ));
+        create_private_dir(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn reads_regular_bounded() {
+        let d = tmpdir("read");
+        let p = d.join("1-a.brk");
+        assert!(read_bounded(&p, 10).unwrap().is_none());
+        std::fs::write(&p, b"secret").unwrap();
+        assert_eq!(read_bounded(&p, 10).unwrap().unwrap(), b"secret");
+        std::fs::write(&p, vec![b'x'; 11]).unwrap();
+        assert!(matches!(read_bounded(&p, 10), Err(SafeError::TooLarge { .. })));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn refuses_symlink_fifo_and_dir() {
+        let d = tmpdir("refuse");
+        let target = d.join("target");
+        std::fs::write(&target, b"host file").unwrap();
+        let link = d.join("1-a.brk");
+        symlink(&target, &link).unwrap();
+        assert!(matches!(read_bounded(&link, 100), Err(SafeError::NotRegular(_))));
+        let fifo = d.join("1-b.brk");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // Must return at once rather than wait for a writer.
+        assert!(matches!(read_bounded(&fifo, 100), Err(SafeError::NotRegular(_))));
+        let dir = d.join("1-c.brk");
+        std::fs::create_dir(&dir).unwrap();
+        assert!(matches!(read_bounded(&dir, 100), Err(SafeError::NotRegular(_))));
+        assert!(!is_regular(&link) && !is_regular(&fifo) && !is_regular(&dir));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn write_replaces_symlink_without_following() {
+        let d = tmpdir("write");
+        let victim = d.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let trm = d.join("1-a.trm");
+        symlink(&victim, &trm).unwrap();
+        write_replace(&trm, b"s3cret", 0o600).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(is_regular(&trm));
+        assert_eq!(std::fs::read(&trm).unwrap(), b"s3cret");
+        let mode = std::fs::metadata(&trm).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A directory planted at the name is replaced too.
+        let env = d.join("1-b.env");
+        std::fs::create_dir(&env).unwrap();
+        std::fs::write(env.join("inner"), b"x").unwrap();
+        write_replace(&env, b"K='v'\n", 0o600).unwrap();
+        assert!(is_regular(&env));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn removes_only_own_id_files() {
+        let d = tmpdir("remove");
+        let outside = tmpdir("outside");
+        std::fs::write(outside.join("keep"), b"keep").unwrap();
+        std::fs::write(d.join("1-a.env"), b"").unwrap();
+        std::fs::write(d.join("1-a.tkn"), b"").unwrap();
+        symlink(&outside, d.join("1-a.brk")).unwrap();
+        std::fs::create_dir(d.join("1-a.trm")).unwrap();
+        std::fs::write(d.join("1-ab.tkn"), b"").unwrap();
+        std::fs::write(d.join("2-a.tkn"), b"").unwrap();
+        assert_eq!(remove_id_files(&d, "1-a").unwrap(), 4);
+        assert!(outside.join("keep").exists());
+        assert!(d.join("1-ab.tkn").exists() && d.join("2-a.tkn").exists());
+        std::fs::remove_dir_all(d).unwrap();
+        std::fs::remove_dir_all(outside).unwrap();
+    }
+}
