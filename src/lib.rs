@@ -1,1 +1,20 @@
+//! gh-runner-microvm, host side: ephemeral self-hosted GitHub Actions runners,
+//! one fresh microVM per job.
+//!
+//! - [`cli`]: the command lines of `orchestrator` and `runner`;
+//! - [`orchestrator`]: N runner loops, their environment directories and lifetimes;
+//! - [`runner`]: one loop: mint a credential, boot a VM, wait, clean up;
+//! - [`backend`]: krunvm and podman+krun behind one interface;
+//! - [`forge`]: the GitHub client (octocrab), on the host only;
+//! - [`localforge`]: the embedded GitHub-compatible forge for the demo and tests.
+//!
+//! The guest side and the file protocol between them live in the `guest` crate
+//! (library `protocol`).
 
+pub mod backend;
+pub mod cli;
+pub mod forge;
+pub mod localforge;
+pub mod logging;
+pub mod orchestrator;
+pub mod runner;

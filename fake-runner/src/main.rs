@@ -48,12 +48,18 @@ fn die(msg: &str) -> ! {
 
 /// Minimal HTTP/1.1 POST of JSON to `url` (`http://host:port/path`).
 fn post(url: &str, body: &serde_json::Value) -> Result<(u16, String), String> {
-    let rest = url.strip_prefix("http://").ok_or(format!("not an http URL: {url}"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or(format!("not an http URL: {url}"))?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+    let addr = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
     let mut s = TcpStream::connect(&addr).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let body = body.to_string();
@@ -71,16 +77,23 @@ fn post(url: &str, body: &serde_json::Value) -> Result<(u16, String), String> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or("malformed HTTP response")?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 fn b64(s: &str) -> Result<Vec<u8>, String> {
-    base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|e| e.to_string())
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|e| e.to_string())
 }
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 /// `configure`: exchange the registration token for a runner at the forge.
@@ -135,7 +148,11 @@ fn settings() -> RunnerSettings {
 
 fn hook(var: &str) {
     if let Ok(path) = std::env::var(var) {
-        let ok = Command::new("sh").arg("-e").arg(&path).status().is_ok_and(|s| s.success());
+        let ok = Command::new("sh")
+            .arg("-e")
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
         if !ok {
             eprintln!("Runner.Listener (fake): hook {path} failed");
         }
@@ -186,12 +203,20 @@ fn run_job(s: &RunnerSettings, job: Job) -> (i32, String) {
 }
 
 fn tempfile_path(id: u64) -> String {
-    format!("{}/fake-runner-job-{}-{id}.log", std::env::temp_dir().display(), std::process::id())
+    format!(
+        "{}/fake-runner-job-{}-{id}.log",
+        std::env::temp_dir().display(),
+        std::process::id()
+    )
 }
 
 fn run() -> ! {
     let s = settings();
-    let agent = format!("{}/_fake/agents/{}", s.ServerUrl.trim_end_matches('/'), s.AgentId);
+    let agent = format!(
+        "{}/_fake/agents/{}",
+        s.ServerUrl.trim_end_matches('/'),
+        s.AgentId
+    );
     match post(&format!("{agent}/online"), &serde_json::json!({})) {
         Ok((200, _)) => println!("√ Connected to GitHub\nListening for Jobs"),
         Ok((st, b)) => die(&format!("session refused ({st}): {b}")),
@@ -204,7 +229,9 @@ fn run() -> ! {
             std::process::exit(0);
         }
         match post(&format!("{agent}/acquire"), &serde_json::json!({})) {
-            Ok((200, b)) => break serde_json::from_str::<Job>(&b).unwrap_or_else(|e| die(&e.to_string())),
+            Ok((200, b)) => {
+                break serde_json::from_str::<Job>(&b).unwrap_or_else(|e| die(&e.to_string()))
+            }
             Ok((204, _)) => {}
             // Deleted at the forge (e.g. the host removed an idle runner).
             Ok((404, _)) => die("the runner was deleted at the server"),
@@ -217,8 +244,17 @@ fn run() -> ! {
     let id = job.id;
     let (code, output) = run_job(&s, job);
     let body = serde_json::json!({"exit_code": code, "output": output, "runner_name": s.AgentName});
-    match post(&format!("{}/_fake/jobs/{id}/complete", s.ServerUrl.trim_end_matches('/')), &body) {
-        Ok((200, _)) => println!("Job {id} completed with result: {}", if code == 0 { "Succeeded" } else { "Failed" }),
+    match post(
+        &format!(
+            "{}/_fake/jobs/{id}/complete",
+            s.ServerUrl.trim_end_matches('/')
+        ),
+        &body,
+    ) {
+        Ok((200, _)) => println!(
+            "Job {id} completed with result: {}",
+            if code == 0 { "Succeeded" } else { "Failed" }
+        ),
         Ok((st, b)) => die(&format!("completion refused ({st}): {b}")),
         Err(e) => die(&e),
     }

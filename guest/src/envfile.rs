@@ -101,7 +101,12 @@ impl GuestConfig {
                 line(&mut s, MODE, "jit")?;
                 line(&mut s, JIT, config)?;
             }
-            Registration::Token { url, token, labels, group } => {
+            Registration::Token {
+                url,
+                token,
+                labels,
+                group,
+            } => {
                 line(&mut s, MODE, "token")?;
                 line(&mut s, URL, url)?;
                 line(&mut s, TOKEN, token)?;
@@ -146,8 +151,12 @@ impl GuestConfig {
             secret,
             user: get(USER)?,
             update: get(UPDATE)? == "1",
-            grace: get(GRACE)?.parse().map_err(|_| EnvFileError::Invalid(GRACE))?,
-            verbose: get(VERBOSE)?.parse().map_err(|_| EnvFileError::Invalid(VERBOSE))?,
+            grace: get(GRACE)?
+                .parse()
+                .map_err(|_| EnvFileError::Invalid(GRACE))?,
+            verbose: get(VERBOSE)?
+                .parse()
+                .map_err(|_| EnvFileError::Invalid(VERBOSE))?,
             dns: map.get(DNS).cloned().unwrap_or_default(),
         })
     }
@@ -173,7 +182,9 @@ mod tests {
     #[test]
     fn round_trips() {
         for r in [
-            Registration::Jit { config: "eyJhIjoiYiJ9+/==".into() },
+            Registration::Jit {
+                config: "eyJhIjoiYiJ9+/==".into(),
+            },
             Registration::Token {
                 url: "https://github.com/o/r".into(),
                 token: "AAA".into(),

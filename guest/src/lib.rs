@@ -119,6 +119,9 @@ mod tests {
         let t = Path::new("/_environment/1-abc.tkn");
         assert_eq!(sibling(t, Kind::Brk), Path::new("/_environment/1-abc.brk"));
         assert_eq!(sibling(t, Kind::Trm), Path::new("/_environment/1-abc.trm"));
-        assert_eq!(file_in(Path::new("/d"), "2-x", Kind::Env), Path::new("/d/2-x.env"));
+        assert_eq!(
+            file_in(Path::new("/d"), "2-x", Kind::Env),
+            Path::new("/d/2-x.env")
+        );
     }
 }

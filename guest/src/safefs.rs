@@ -58,7 +58,10 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, SafeError>
         return Err(SafeError::NotRegular(path.into()));
     }
     if meta.len() > max {
-        return Err(SafeError::TooLarge { path: path.into(), max });
+        return Err(SafeError::TooLarge {
+            path: path.into(),
+            max,
+        });
     }
     let mut buf = Vec::with_capacity(meta.len() as usize);
     // The file may grow between fstat and read: take at most max + 1 bytes.
@@ -66,7 +69,10 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, SafeError>
         .read_to_end(&mut buf)
         .map_err(|e| SafeError::Io(path.into(), e))?;
     if buf.len() as u64 > max {
-        return Err(SafeError::TooLarge { path: path.into(), max });
+        return Err(SafeError::TooLarge {
+            path: path.into(),
+            max,
+        });
     }
     Ok(Some(buf))
 }
@@ -171,7 +177,10 @@ mod tests {
         std::fs::write(&p, b"secret").unwrap();
         assert_eq!(read_bounded(&p, 10).unwrap().unwrap(), b"secret");
         std::fs::write(&p, vec![b'x'; 11]).unwrap();
-        assert!(matches!(read_bounded(&p, 10), Err(SafeError::TooLarge { .. })));
+        assert!(matches!(
+            read_bounded(&p, 10),
+            Err(SafeError::TooLarge { .. })
+        ));
         std::fs::remove_dir_all(d).unwrap();
     }
 
@@ -182,14 +191,23 @@ mod tests {
         std::fs::write(&target, b"host file").unwrap();
         let link = d.join("1-a.brk");
         symlink(&target, &link).unwrap();
-        assert!(matches!(read_bounded(&link, 100), Err(SafeError::NotRegular(_))));
+        assert!(matches!(
+            read_bounded(&link, 100),
+            Err(SafeError::NotRegular(_))
+        ));
         let fifo = d.join("1-b.brk");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         // Must return at once rather than wait for a writer.
-        assert!(matches!(read_bounded(&fifo, 100), Err(SafeError::NotRegular(_))));
+        assert!(matches!(
+            read_bounded(&fifo, 100),
+            Err(SafeError::NotRegular(_))
+        ));
         let dir = d.join("1-c.brk");
         std::fs::create_dir(&dir).unwrap();
-        assert!(matches!(read_bounded(&dir, 100), Err(SafeError::NotRegular(_))));
+        assert!(matches!(
+            read_bounded(&dir, 100),
+            Err(SafeError::NotRegular(_))
+        ));
         assert!(!is_regular(&link) && !is_regular(&fifo) && !is_regular(&dir));
         std::fs::remove_dir_all(d).unwrap();
     }

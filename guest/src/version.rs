@@ -40,7 +40,10 @@ pub fn newest_runner(root: &Path) -> std::io::Result<Option<(String, PathBuf)>> 
         if !entry.file_type()?.is_dir() || v.is_empty() {
             continue;
         }
-        if best.as_ref().is_none_or(|(b, _)| compare(v, b) == Ordering::Greater) {
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| compare(v, b) == Ordering::Greater)
+        {
             best = Some((v.to_string(), entry.path()));
         }
     }

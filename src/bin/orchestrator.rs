@@ -1,1 +1,30 @@
-fn main(){}
+//! `orchestrator`: N runner loops on this host. See `orchestrator --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ghrm::cli::{verbosity, OrchestratorCli};
+use ghrm::logging;
+
+fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = match OrchestratorCli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let verbose = verbosity(cli.verbose, "ORCHESTRATOR_VERBOSE");
+    if let Err(e) = logging::init(verbose, cli.log.as_deref(), "orchestrator") {
+        eprintln!("orchestrator: error: cannot open the log file given with -l: {e}");
+        return ExitCode::from(2);
+    }
+    match ghrm::orchestrator::main(cli, verbose) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            logging::report("orchestrator", &e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,1 +1,54 @@
-fn main(){}
+//! `runner`: one loop of ephemeral microVM GitHub runners. See `runner --help`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ghrm::cli::{verbosity, RunnerCli};
+use ghrm::logging;
+use ghrm::runner::{config::RunnerConfig, stop_on_signals, Loop, RunnerError};
+
+fn main() -> ExitCode {
+    // A .env in the working directory fills in what neither command line nor environment set.
+    let _ = dotenvy::dotenv();
+    let cli = match RunnerCli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let verbose = verbosity(cli.opts.verbose, "RUNNER_VERBOSE");
+    let loop_no = cli.loop_id.first().cloned().unwrap_or_else(|| "1".into());
+    let who = format!("runner {loop_no}");
+    if let Err(e) = logging::init(verbose, cli.opts.log.as_deref(), &who) {
+        eprintln!("{who}: error: cannot open the log file given with -l: {e}");
+        return ExitCode::from(2);
+    }
+    let result = RunnerConfig::from_opts(
+        &cli.opts,
+        &cli.loop_id,
+        std::env::var("RUNNER_PREFIX").ok(),
+        std::env::var("RUNNER_ENVIRONMENT").ok(),
+    )
+    .map_err(RunnerError::from)
+    .and_then(|mut cfg| {
+        cfg.verbose = verbose;
+        let isolation = std::env::var("RUNNER_ISOLATION").map_or(true, |v| v != "0");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| RunnerError::Io("start the async runtime".into(), e))?;
+        rt.block_on(async move {
+            let stop = stop_on_signals()
+                .map_err(|e| RunnerError::Io("install signal handlers".into(), e))?;
+            Loop::new(cfg, isolation, stop).await?.run().await
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            logging::report(&who, &e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

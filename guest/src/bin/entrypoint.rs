@@ -63,7 +63,12 @@ TKN_FILE's .trm sibling carries the secret or on SIGINT/SIGTERM (then writes .br
 COMMAND replaces the runner's bin/Runner.Listener.";
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { env: None, tkn: None, inline: vec![], command: vec![] };
+    let mut a = Args {
+        env: None,
+        tkn: None,
+        inline: vec![],
+        command: vec![],
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -83,7 +88,9 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     if a.env.is_none() && a.inline.is_empty() {
-        return Err(format!("-E ENV_FILE (or -c KEY=VALUE in insecure mode) is required\n{USAGE}"));
+        return Err(format!(
+            "-E ENV_FILE (or -c KEY=VALUE in insecure mode) is required\n{USAGE}"
+        ));
     }
     Ok(a)
 }
@@ -103,10 +110,15 @@ fn load_config(args: &Args) -> Result<GuestConfig, String> {
                 Err(e) => return Err(e.to_string()),
             }
         }
-        None => args.inline.iter().map(|kv| match kv.split_once('=') {
-            Some((k, v)) => format!("{k}='{v}'\n"),
-            None => String::new(),
-        }).collect::<String>().into_bytes(),
+        None => args
+            .inline
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => format!("{k}='{v}'\n"),
+                None => String::new(),
+            })
+            .collect::<String>()
+            .into_bytes(),
     };
     GuestConfig::from_dotenv(&text).map_err(|e| e.to_string())
 }
@@ -127,9 +139,19 @@ fn lookup_user(name: &str) -> Result<User, String> {
     for line in passwd.lines() {
         let f: Vec<&str> = line.split(':').collect();
         if f.len() >= 7 && f[0] == name {
-            let uid = f[2].parse().map_err(|_| format!("bad uid for {name} in /etc/passwd"))?;
-            let gid = f[3].parse().map_err(|_| format!("bad gid for {name} in /etc/passwd"))?;
-            user = Some(User { name: name.into(), uid, gid, home: f[5].into(), groups: vec![gid] });
+            let uid = f[2]
+                .parse()
+                .map_err(|_| format!("bad uid for {name} in /etc/passwd"))?;
+            let gid = f[3]
+                .parse()
+                .map_err(|_| format!("bad gid for {name} in /etc/passwd"))?;
+            user = Some(User {
+                name: name.into(),
+                uid,
+                gid,
+                home: f[5].into(),
+                groups: vec![gid],
+            });
             break;
         }
     }
@@ -203,7 +225,12 @@ impl Hooks {
             nix::unistd::chown(&dir, Some(Uid::from_raw(u.uid)), Some(Gid::from_raw(u.gid)))
                 .map_err(|e| format!("chown {}: {e}", dir.display()))?;
         }
-        Ok(Hooks { dir, started, completed, busy })
+        Ok(Hooks {
+            dir,
+            started,
+            completed,
+            busy,
+        })
     }
 }
 
@@ -233,7 +260,9 @@ fn runner_command(
         }
         None => {}
         Some(u) => {
-            cmd.env("HOME", &u.home).env("USER", &u.name).env("LOGNAME", &u.name);
+            cmd.env("HOME", &u.home)
+                .env("USER", &u.name)
+                .env("LOGNAME", &u.name);
             cmd.env_remove("RUNNER_ALLOW_RUNASROOT");
         }
     }
@@ -287,11 +316,14 @@ struct Supervisor<'a> {
 impl Supervisor<'_> {
     fn request_stop(&mut self, why: StopReason) {
         if self.stop.is_none() {
-            log!("stop requested ({why:?}); {}", if self.busy.exists() {
-                format!("a job is running: it may finish within {}s", self.cfg.grace)
-            } else {
-                "the runner is idle: stopping it now".into()
-            });
+            log!(
+                "stop requested ({why:?}); {}",
+                if self.busy.exists() {
+                    format!("a job is running: it may finish within {}s", self.cfg.grace)
+                } else {
+                    "the runner is idle: stopping it now".into()
+                }
+            );
             self.stop = Some((why, Instant::now()));
         }
     }
@@ -305,7 +337,10 @@ impl Supervisor<'_> {
             }
             Ok(Some(content)) => {
                 if self.last_forged.as_ref() != Some(&content) {
-                    log!("ignoring {}: it does not carry this VM's secret", trm.display());
+                    log!(
+                        "ignoring {}: it does not carry this VM's secret",
+                        trm.display()
+                    );
                     self.last_forged = Some(content);
                 }
             }
@@ -335,7 +370,10 @@ impl Supervisor<'_> {
                 }
             }
             Some(t) if !self.killed && now >= t + KILL_AFTER => {
-                log!("runner still alive {}s after SIGTERM: killing it", KILL_AFTER.as_secs());
+                log!(
+                    "runner still alive {}s after SIGTERM: killing it",
+                    KILL_AFTER.as_secs()
+                );
                 let _ = killpg(self.child, Signal::SIGKILL);
                 self.killed = true;
             }
@@ -358,15 +396,24 @@ fn run() -> Result<u8, (u8, String)> {
 
     // Block the signals we handle synchronously, before anything is spawned.
     let mut mask = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
         mask.add(s);
     }
-    mask.thread_block().map_err(|e| setup(format!("sigprocmask: {e}")))?;
+    mask.thread_block()
+        .map_err(|e| setup(format!("sigprocmask: {e}")))?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| setup(format!("signalfd: {e}")))?;
 
     let cfg = load_config(&args).map_err(setup)?;
-    log!("configuration read (runner {}); the .env is deleted", cfg.name);
+    log!(
+        "configuration read (runner {}); the .env is deleted",
+        cfg.name
+    );
 
     let install_root = std::env::var_os(protocol::RUNNER_INSTALL_VAR)
         .map(PathBuf::from)
@@ -375,7 +422,11 @@ fn run() -> Result<u8, (u8, String)> {
     let hooks = Hooks::create(user.as_ref()).map_err(setup)?;
 
     let (program, prog_args, cwd) = if let Some((first, rest)) = args.command.split_first() {
-        (PathBuf::from(first), rest.to_vec(), std::env::current_dir().unwrap_or("/".into()))
+        (
+            PathBuf::from(first),
+            rest.to_vec(),
+            std::env::current_dir().unwrap_or("/".into()),
+        )
     } else {
         let (version, dir) = protocol::version::newest_runner(&install_root)
             .map_err(|e| setup(format!("cannot list {}: {e}", install_root.display())))?
@@ -387,13 +438,29 @@ fn run() -> Result<u8, (u8, String)> {
                 ))
             })?;
         log!("using actions runner {version} from {}", dir.display());
-        if let Registration::Token { url, token, labels, group } = &cfg.registration {
+        if let Registration::Token {
+            url,
+            token,
+            labels,
+            group,
+        } = &cfg.registration
+        {
             let mut a: Vec<String> = ["--unattended", "--ephemeral", "--replace", "--url", url]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            a.extend(["--name".into(), cfg.name.clone(), "--labels".into(), labels.clone()]);
-            a.extend(["--runnergroup".into(), group.clone(), "--work".into(), "_work".into()]);
+            a.extend([
+                "--name".into(),
+                cfg.name.clone(),
+                "--labels".into(),
+                labels.clone(),
+            ]);
+            a.extend([
+                "--runnergroup".into(),
+                group.clone(),
+                "--work".into(),
+                "_work".into(),
+            ]);
             if !cfg.update {
                 a.push("--disableupdate".into());
             }
@@ -405,7 +472,11 @@ fn run() -> Result<u8, (u8, String)> {
                 return Err((st.code().unwrap_or(1) as u8, "config.sh failed".into()));
             }
         }
-        (dir.join("bin/Runner.Listener"), vec!["run".to_string()], dir)
+        (
+            dir.join("bin/Runner.Listener"),
+            vec!["run".to_string()],
+            dir,
+        )
     };
 
     let mut cmd = runner_command(&program, &prog_args, &cwd, user.as_ref(), &hooks);
@@ -413,7 +484,11 @@ fn run() -> Result<u8, (u8, String)> {
         cmd.env("ACTIONS_RUNNER_INPUT_JITCONFIG", config);
     }
     let child = cmd.spawn().map_err(|e| {
-        let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+        let code = if e.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
         (code, format!("cannot start {}: {e}", program.display()))
     })?;
     let child = Pid::from_raw(child.id() as i32);
@@ -429,7 +504,8 @@ fn run() -> Result<u8, (u8, String)> {
     let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
         .map_err(|e| setup(format!("inotify: {e}")))?;
     if let Some(dir) = trm.as_deref().and_then(Path::parent) {
-        let flags = AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE;
+        let flags =
+            AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE;
         if let Err(e) = inotify.add_watch(dir, flags) {
             log!("inotify on {} failed ({e}); polling instead", dir.display());
         }

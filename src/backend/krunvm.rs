@@ -1,0 +1,121 @@
+//! krunvm (pinned argv, as the shell original): every call goes through
+//! `buildah unshare` so that rootless buildah mounts and volume bind mounts work.
+
+use super::{output, BackendError, VmSpec};
+
+fn volume(host: &std::path::Path, guest: &str) -> String {
+    format!("{}:{guest}", host.display())
+}
+
+/// `buildah unshare krunvm create IMAGE --cpus C --mem M --dns D --name NAME --volume HOST:GUEST…`
+pub(super) fn create_argv(spec: &VmSpec) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "unshare".into(),
+        "krunvm".into(),
+        "create".into(),
+        spec.image.clone(),
+    ];
+    a.extend([
+        "--cpus".into(),
+        spec.cpus.to_string(),
+        "--mem".into(),
+        spec.memory.to_string(),
+    ]);
+    a.extend([
+        "--dns".into(),
+        spec.dns.clone(),
+        "--name".into(),
+        spec.name.clone(),
+    ]);
+    if let Some(dir) = &spec.env_dir {
+        a.extend(["--volume".into(), volume(dir, protocol::GUEST_ENV_DIR)]);
+    }
+    for m in &spec.mounts {
+        a.extend(["--volume".into(), volume(&m.host, &m.guest)]);
+    }
+    a
+}
+
+pub(super) async fn create(spec: &VmSpec) -> Result<(), BackendError> {
+    let argv = create_argv(spec);
+    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    output("buildah", &args).await.map(|_| ())
+}
+
+/// `buildah unshare krunvm start NAME ENTRYPOINT -- ARGS…`
+pub(super) fn start_argv(spec: &VmSpec) -> (&'static str, Vec<String>) {
+    let mut a: Vec<String> = ["unshare", "krunvm", "start"].map(String::from).to_vec();
+    a.extend([spec.name.clone(), spec.entrypoint.clone(), "--".into()]);
+    a.extend(spec.args.iter().cloned());
+    ("buildah", a)
+}
+
+pub(super) async fn delete(name: &str) -> Result<(), BackendError> {
+    match output("buildah", &["unshare", "krunvm", "delete", name]).await {
+        Ok(_) => Ok(()),
+        // Deleting what is not there is not a failure.
+        Err(BackendError::Failed { .. }) if !list().await?.iter().any(|n| n == name) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `krunvm list` prints each VM's name alone on a line, then indented details.
+pub(super) async fn list() -> Result<Vec<String>, BackendError> {
+    let out = output("buildah", &["unshare", "krunvm", "list"]).await?;
+    Ok(parse_list(&out))
+}
+
+fn parse_list(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with(char::is_whitespace) && *l != "No microVMs found"
+        })
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::config::Mount;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            name: "GH-runner-1-abc".into(),
+            image: "img:1".into(),
+            cpus: 2,
+            memory: 1024,
+            dns: "1.1.1.1".into(),
+            env_dir: Some("/tmp/env/GH-runner-001".into()),
+            mounts: vec![Mount {
+                host: "/cache".into(),
+                guest: "/cache".into(),
+                options: None,
+            }],
+            entrypoint: "/opt/gh-runner-microvm/bin/entrypoint".into(),
+            args: vec!["-E".into(), "/_environment/1-abc.env".into()],
+        }
+    }
+
+    #[test]
+    fn pinned_argv() {
+        assert_eq!(
+            create_argv(&spec()).join(" "),
+            "unshare krunvm create img:1 --cpus 2 --mem 1024 --dns 1.1.1.1 --name GH-runner-1-abc \
+             --volume /tmp/env/GH-runner-001:/_environment --volume /cache:/cache"
+        );
+        let (p, a) = start_argv(&spec());
+        assert_eq!(p, "buildah");
+        assert_eq!(
+            a.join(" "),
+            "unshare krunvm start GH-runner-1-abc /opt/gh-runner-microvm/bin/entrypoint -- -E /_environment/1-abc.env"
+        );
+    }
+
+    #[test]
+    fn parses_list() {
+        let out = "\nGH-runner-1-a\n CPUs: 2\n RAM (MiB): 1024\n\nother\n Workdir: \n\n";
+        assert_eq!(parse_list(out), ["GH-runner-1-a", "other"]);
+        assert!(parse_list("No microVMs found\n").is_empty());
+    }
+}

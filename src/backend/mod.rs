@@ -1,0 +1,272 @@
+//! microVM backends behind one interface (design.md §6): prepare an image,
+//! create, start (a supervised child process), force-stop, delete, list by prefix.
+//!
+//! Every backend process is started in its own process group with
+//! `PR_SET_PDEATHSIG(SIGKILL)`, from the runner's single runtime thread (the
+//! death signal belongs to the spawning *thread*), so a VM never outlives its loop.
+
+mod krunvm;
+mod podman;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
+
+use crate::cli::Runtime;
+use crate::runner::config::Mount;
+
+/// What one VM needs.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// `<PREFIX>-<id>`: VM name and runner name.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// MiB.
+    pub memory: u32,
+    /// DNS server.
+    pub dns: String,
+    /// The loop directory, mounted at `/_environment`.
+    pub env_dir: Option<PathBuf>,
+    /// Other mounts (`-M`, and `-D`'s dev directory).
+    pub mounts: Vec<Mount>,
+    /// Guest path of the entrypoint.
+    pub entrypoint: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+/// Backend failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A tool is not installed.
+    #[error("{tool} is not installed or not on PATH; {hint}")]
+    Missing {
+        /// The executable.
+        tool: &'static str,
+        /// How to get it.
+        hint: &'static str,
+    },
+    /// No runtime could be detected.
+    #[error("no microVM runtime found: install podman with the krun runtime (crun built with libkrun) or krunvm with buildah, or choose one with -R")]
+    NoRuntime,
+    /// A tool ran and failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// Exit status.
+        status: String,
+        /// The tail of its standard error.
+        stderr: String,
+    },
+    /// A tool could not be run.
+    #[error("cannot run {0}")]
+    Spawn(String, #[source] std::io::Error),
+}
+
+const BUILDAH_HINT: &str =
+    "install buildah (Debian/Ubuntu: apt-get install buildah; Fedora: dnf install buildah)";
+const KRUNVM_HINT: &str = "install krunvm (Fedora: dnf install krunvm; elsewhere build it from github.com/containers/krunvm with libkrun)";
+const PODMAN_HINT: &str =
+    "install podman (Debian/Ubuntu: apt-get install podman; Fedora: dnf install podman)";
+const KRUN_HINT: &str = "podman needs the krun runtime: install crun built with libkrun (Fedora: dnf install crun-krun), so that `krun` is on PATH or `crun --version` shows +LIBKRUN";
+
+/// A microVM runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `buildah unshare krunvm …`.
+    Krunvm,
+    /// `podman run --runtime krun …`.
+    Podman,
+}
+
+fn need(tool: &'static str, hint: &'static str) -> Result<(), BackendError> {
+    which::which(tool)
+        .map(|_| ())
+        .map_err(|_| BackendError::Missing { tool, hint })
+}
+
+/// Is the krun OCI runtime available to podman?
+fn has_krun() -> bool {
+    if which::which("krun").is_ok() {
+        return true;
+    }
+    std::process::Command::new("crun")
+        .arg("--version")
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("+LIBKRUN"))
+}
+
+impl Backend {
+    /// The forced runtime after checking its tools, or the first available one.
+    pub fn detect(forced: Option<Runtime>) -> Result<Backend, BackendError> {
+        match forced {
+            Some(Runtime::Krunvm) => {
+                need("buildah", BUILDAH_HINT)?;
+                need("krunvm", KRUNVM_HINT)?;
+                Ok(Backend::Krunvm)
+            }
+            Some(Runtime::Podman) => {
+                need("podman", PODMAN_HINT)?;
+                if !has_krun() {
+                    return Err(BackendError::Missing {
+                        tool: "krun",
+                        hint: KRUN_HINT,
+                    });
+                }
+                Ok(Backend::Podman)
+            }
+            None if which::which("podman").is_ok() && has_krun() => Ok(Backend::Podman),
+            None if which::which("krunvm").is_ok() && which::which("buildah").is_ok() => {
+                Ok(Backend::Krunvm)
+            }
+            None => Err(BackendError::NoRuntime),
+        }
+    }
+
+    /// The runtime this backend implements.
+    pub fn runtime(self) -> Runtime {
+        match self {
+            Backend::Krunvm => Runtime::Krunvm,
+            Backend::Podman => Runtime::Podman,
+        }
+    }
+
+    /// Make sure the image is available locally (pulls it when missing).
+    pub async fn prepare(self, image: &str) -> Result<(), BackendError> {
+        let (tool, check, pull): (&str, Vec<&str>, Vec<&str>) = match self {
+            Backend::Krunvm => (
+                "buildah",
+                vec!["inspect", "--type", "image", image],
+                vec!["pull", image],
+            ),
+            Backend::Podman => (
+                "podman",
+                vec!["image", "exists", image],
+                vec!["pull", image],
+            ),
+        };
+        if output(tool, &check).await.is_ok() {
+            return Ok(());
+        }
+        tracing::info!(image, "pulling the guest image");
+        output(tool, &pull).await.map(|_| ())
+    }
+
+    /// Create the VM (krunvm keeps a definition; podman creates at start).
+    pub async fn create(self, spec: &VmSpec) -> Result<(), BackendError> {
+        match self {
+            Backend::Krunvm => krunvm::create(spec).await,
+            Backend::Podman => Ok(()),
+        }
+    }
+
+    /// Start the VM; the returned child lives as long as the VM.
+    pub fn start(self, spec: &VmSpec) -> Result<Child, BackendError> {
+        let (program, args) = match self {
+            Backend::Krunvm => krunvm::start_argv(spec),
+            Backend::Podman => podman::run_argv(spec),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(&args).stdin(Stdio::null()).kill_on_drop(true);
+        supervised(&mut cmd);
+        cmd.spawn().map_err(|e| spawn_error(program, e))
+    }
+
+    /// Stop the VM now: kill the supervised process group and the VM itself.
+    pub async fn force_stop(self, name: &str, child: &mut Child) {
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.kill().await;
+        if self == Backend::Podman {
+            let _ = output("podman", &["rm", "-f", "-t", "0", name]).await;
+        }
+    }
+
+    /// Remove the VM's definition (missing is fine).
+    pub async fn delete(self, name: &str) -> Result<(), BackendError> {
+        match self {
+            Backend::Krunvm => krunvm::delete(name).await,
+            Backend::Podman => podman::remove(name).await,
+        }
+    }
+
+    /// Names of the VMs whose name starts with `<prefix>-`.
+    pub async fn list(self, prefix: &str) -> Result<Vec<String>, BackendError> {
+        let all = match self {
+            Backend::Krunvm => krunvm::list().await?,
+            Backend::Podman => podman::list(prefix).await?,
+        };
+        let p = format!("{prefix}-");
+        Ok(all.into_iter().filter(|n| n.starts_with(&p)).collect())
+    }
+}
+
+/// Put the child in its own process group and tie its life to this thread.
+pub fn supervised(cmd: &mut Command) {
+    // SAFETY: setpgid and prctl are async-signal-safe and touch no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn spawn_error(program: &str, e: std::io::Error) -> BackendError {
+    match (e.kind(), program) {
+        (std::io::ErrorKind::NotFound, "buildah") => BackendError::Missing {
+            tool: "buildah",
+            hint: BUILDAH_HINT,
+        },
+        (std::io::ErrorKind::NotFound, "krunvm") => BackendError::Missing {
+            tool: "krunvm",
+            hint: KRUNVM_HINT,
+        },
+        (std::io::ErrorKind::NotFound, "podman") => BackendError::Missing {
+            tool: "podman",
+            hint: PODMAN_HINT,
+        },
+        _ => BackendError::Spawn(program.to_string(), e),
+    }
+}
+
+/// Run a tool to completion; non-zero exit is an error with its stderr.
+pub(crate) async fn output(program: &'static str, args: &[&str]) -> Result<String, BackendError> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| spawn_error(program, e))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: String = stderr
+        .trim()
+        .chars()
+        .rev()
+        .take(400)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(BackendError::Failed {
+        command: format!("{program} {}", args.join(" ")),
+        status: out.status.to_string(),
+        stderr: tail,
+    })
+}

@@ -1,0 +1,325 @@
+//! The embedded local forge: the GitHub REST endpoints a runner manager uses
+//! (github-runner-api.md §2 and §14), with GitHub's status codes and bodies,
+//! plus a job queue and a tiny protocol (`/_fake/…`) that the fake actions
+//! runner speaks instead of the real Actions service.
+//!
+//! It serves `orchestrator demo` and the tests. Everything answers both under
+//! `/` (github.com style) and `/api/v3` (GHES style).
+
+mod routes;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Where a runner is registered, or where a job comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub enum Scope {
+    /// `owner/repo`.
+    Repo(String, String),
+    /// An organisation.
+    Org(String),
+    /// An enterprise.
+    Enterprise(String),
+}
+
+impl Scope {
+    /// Can a runner registered at `self` take a job of repository `owner/repo`?
+    fn serves(&self, owner: &str, repo: &str) -> bool {
+        match self {
+            Scope::Repo(o, r) => o == owner && r == repo,
+            Scope::Org(o) => o == owner,
+            Scope::Enterprise(_) => true,
+        }
+    }
+}
+
+/// A registered runner, as the forge keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Runner {
+    /// Runner id.
+    pub id: u64,
+    /// Runner name.
+    pub name: String,
+    /// `online` or `offline`.
+    pub status: String,
+    /// Running a job.
+    pub busy: bool,
+    /// Removed by the forge after one job.
+    pub ephemeral: bool,
+    /// Runner group.
+    pub runner_group_id: u64,
+    /// Label names (read-only ones first).
+    pub labels: Vec<String>,
+    /// Where it is registered.
+    pub scope: Scope,
+}
+
+/// State of a queued job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for a runner.
+    Queued,
+    /// Claimed by a runner.
+    InProgress,
+    /// Reported back.
+    Completed,
+}
+
+/// A job in the queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    /// Job id.
+    pub id: u64,
+    /// `owner/repo` it belongs to.
+    pub repo: String,
+    /// `runs-on` labels; a runner must carry all of them.
+    pub labels: Vec<String>,
+    /// Shell script the fake runner runs with `sh -c`.
+    pub script: String,
+    /// Where it is.
+    pub status: JobStatus,
+    /// Name of the runner that took it.
+    pub runner_name: Option<String>,
+    /// Exit code reported (-1: cancelled).
+    pub exit_code: Option<i32>,
+    /// Output reported.
+    pub output: String,
+    /// How many times it was handed to a runner.
+    pub claims: u32,
+    #[serde(skip)]
+    pub(crate) queued_at: Option<Instant>,
+    #[serde(skip)]
+    pub(crate) started_at: Option<Instant>,
+    #[serde(skip)]
+    pub(crate) completed_at: Option<Instant>,
+}
+
+/// A runner group at org or enterprise level.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Group id (1 is Default).
+    pub id: u64,
+    /// Group name.
+    pub name: String,
+    /// Repositories (`owner/repo`) it is visible to; `None` = all.
+    pub visible_to: Option<Vec<String>>,
+}
+
+/// Counters the tests and the demo read.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    /// Successful generate-jitconfig calls.
+    pub jit_configs: u64,
+    /// Registration tokens handed out.
+    pub registration_tokens: u64,
+    /// 409 answers to generate-jitconfig.
+    pub conflicts: u64,
+    /// Successful runner deletions through the REST API.
+    pub deletions: u64,
+    /// Requests with an unknown or missing credential.
+    pub unauthorized: u64,
+    /// Every Authorization value seen, to prove what reached the forge.
+    #[serde(skip)]
+    pub credentials_seen: HashSet<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) pats: HashSet<String>,
+    pub(crate) next_id: u64,
+    pub(crate) runners: BTreeMap<u64, Runner>,
+    pub(crate) jobs: BTreeMap<u64, Job>,
+    pub(crate) groups: HashMap<Scope, Vec<Group>>,
+    pub(crate) reg_tokens: HashMap<String, Scope>,
+    /// The URL runners use to reach the forge (`ServerUrl`), if not the bind address.
+    pub(crate) runner_url: Option<String>,
+    pub(crate) stats: Stats,
+}
+
+impl State {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub(crate) fn groups_of(&self, scope: &Scope) -> Vec<Group> {
+        match scope {
+            // Repositories have no runner groups: only Default (id 1).
+            Scope::Repo(..) => vec![default_group()],
+            s => self
+                .groups
+                .get(s)
+                .cloned()
+                .unwrap_or_else(|| vec![default_group()]),
+        }
+    }
+}
+
+fn default_group() -> Group {
+    Group {
+        id: 1,
+        name: "Default".into(),
+        visible_to: None,
+    }
+}
+
+/// A running local forge. Dropping it stops the server.
+pub struct LocalForge {
+    state: Arc<Mutex<State>>,
+    addr: SocketAddr,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LocalForge {
+    /// Start on `127.0.0.1:port` (0 = any) in a thread of its own, accepting `pats`.
+    pub fn start(port: u16, pats: &[&str]) -> std::io::Result<LocalForge> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State {
+            pats: pats.iter().map(|s| s.to_string()).collect(),
+            ..State::default()
+        }));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("localforge".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let app = routes::router(st);
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(async {
+                            let _ = rx.await;
+                        })
+                        .await;
+                })
+            })?;
+        Ok(LocalForge {
+            state,
+            addr,
+            _shutdown: tx,
+            _thread: Some(thread),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `http://127.0.0.1:PORT`: what `runner -g` takes.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Tell runners to reach the forge at `url` (e.g. through a VM's forward).
+    pub fn set_runner_url(&self, url: &str) {
+        self.lock().runner_url = Some(url.trim_end_matches('/').to_string());
+    }
+
+    /// Add a runner group to an organisation or enterprise scope.
+    pub fn add_group(&self, scope: Scope, name: &str, visible_to: Option<Vec<String>>) -> u64 {
+        let mut s = self.lock();
+        let id = 100 + s.next();
+        let mut groups = s.groups_of(&scope);
+        groups.push(Group {
+            id,
+            name: name.into(),
+            visible_to,
+        });
+        s.groups.insert(scope, groups);
+        id
+    }
+
+    /// Register a runner directly (to seed the forge), returning its id.
+    pub fn add_runner(&self, scope: Scope, name: &str, status: &str, busy: bool) -> u64 {
+        let mut s = self.lock();
+        let id = s.next();
+        s.runners.insert(
+            id,
+            Runner {
+                id,
+                name: name.into(),
+                status: status.into(),
+                busy,
+                ephemeral: false,
+                runner_group_id: 1,
+                labels: vec!["self-hosted".into(), "Linux".into(), "X64".into()],
+                scope,
+            },
+        );
+        id
+    }
+
+    /// Queue a job for `owner/repo` needing `labels`, running `script`.
+    pub fn queue_job(&self, repo: &str, labels: &[&str], script: &str) -> u64 {
+        let mut s = self.lock();
+        let id = s.next();
+        s.jobs.insert(
+            id,
+            Job {
+                id,
+                repo: repo.into(),
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                script: script.into(),
+                status: JobStatus::Queued,
+                runner_name: None,
+                exit_code: None,
+                output: String::new(),
+                claims: 0,
+                queued_at: Some(Instant::now()),
+                started_at: None,
+                completed_at: None,
+            },
+        );
+        id
+    }
+
+    /// A snapshot of every job.
+    pub fn jobs(&self) -> Vec<Job> {
+        self.lock().jobs.values().cloned().collect()
+    }
+
+    /// A snapshot of every registered runner.
+    pub fn runners(&self) -> Vec<Runner> {
+        self.lock().runners.values().cloned().collect()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.lock().stats.clone()
+    }
+
+    /// Did any request carry exactly this credential?
+    pub fn saw_credential(&self, token: &str) -> bool {
+        self.lock().stats.credentials_seen.contains(token)
+    }
+
+    /// (queue → start, start → completion) durations of completed jobs, in seconds.
+    pub fn job_timings(&self) -> Vec<(f64, f64)> {
+        self.lock()
+            .jobs
+            .values()
+            .filter_map(|j| {
+                let (q, s, c) = (j.queued_at?, j.started_at?, j.completed_at?);
+                Some(((s - q).as_secs_f64(), (c - s).as_secs_f64()))
+            })
+            .collect()
+    }
+}

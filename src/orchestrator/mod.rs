@@ -1,0 +1,597 @@
+//! The orchestrator (design.md §3, §5): one private environment root, one
+//! directory per loop, a lock per prefix, N `runner` children supervised with
+//! back-off, and on SIGINT/SIGTERM an orderly shutdown that leaves nothing behind.
+
+mod args;
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use nix::fcntl::{Flock, FlockArg};
+use tokio::process::{Child, Command};
+use tracing::{info, warn};
+
+use crate::backend::{Backend, BackendError};
+use crate::cli::{OrchestratorCli, RunnerCli};
+use crate::runner::config::RunnerConfig;
+
+/// A loop dying faster than this counts as a fast failure.
+const FAST_FAILURE: Duration = Duration::from_secs(30);
+/// Fast failures in a row before a loop is given up.
+const MAX_FAST_FAILURES: u32 = 5;
+/// Supervision tick.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Orchestrator failures.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// Invalid usage (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The backend is missing.
+    #[error("the microVM backend is not usable")]
+    Backend(#[from] BackendError),
+    /// Another orchestrator holds the prefix.
+    #[error("another orchestrator with prefix {prefix:?} is running on this host ({holder}); stop it or choose another -p")]
+    Locked {
+        /// The prefix.
+        prefix: String,
+        /// Who holds it.
+        holder: String,
+    },
+    /// Host I/O.
+    #[error("cannot {0}")]
+    Io(String, #[source] std::io::Error),
+    /// Loops were given up.
+    #[error("{0}")]
+    LoopsFailed(String),
+}
+
+impl OrchestratorError {
+    /// The documented exit status.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            OrchestratorError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> OrchestratorError {
+    let what = what.into();
+    move |e| OrchestratorError::Io(what, e)
+}
+
+#[derive(Debug)]
+enum LoopState {
+    /// Not started yet (staggering) or waiting for a restart.
+    Waiting {
+        not_before: Instant,
+    },
+    Running {
+        child: Child,
+        since: Instant,
+    },
+    Done,
+    Failed(String),
+}
+
+struct LoopSlot {
+    index: u32,
+    dir: Option<PathBuf>,
+    state: LoopState,
+    fast_failures: u32,
+    started_once: bool,
+}
+
+/// Name of the environment root for `prefix` (`gh-runner-microvm.<prefix>.root-<random>`).
+fn root_prefix(prefix: &str) -> String {
+    format!("gh-runner-microvm.{prefix}.root-")
+}
+
+/// Is `name` an environment root of exactly `prefix` (not of a longer prefix)?
+fn is_root_of(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(&root_prefix(prefix))
+        .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Is `name` a VM/runner name of exactly `prefix` (`<prefix>-<loop>-<random>`)?
+pub fn is_vm_of(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(protocol::valid_id)
+}
+
+/// Take the per-prefix lock (held for the life of the returned value).
+fn lock(tmp: &Path, prefix: &str) -> Result<Flock<std::fs::File>, OrchestratorError> {
+    let path = tmp.join(format!("gh-runner-microvm.{prefix}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io(format!("open the lock file {}", path.display())))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut f) => {
+            use std::io::{Seek, Write};
+            let _ = f.set_len(0);
+            let _ = f.seek(std::io::SeekFrom::Start(0));
+            let _ = writeln!(f, "{}", std::process::id());
+            Ok(f)
+        }
+        Err((_, _)) => {
+            let holder = std::fs::read_to_string(&path)
+                .map(|p| format!("pid {}", p.trim()))
+                .unwrap_or_else(|_| "unknown pid".into());
+            Err(OrchestratorError::Locked {
+                prefix: prefix.into(),
+                holder,
+            })
+        }
+    }
+}
+
+/// Remove environment roots and VMs that a dead orchestrator of `prefix` left.
+async fn sweep(tmp: &Path, prefix: &str, backend: Backend) {
+    if let Ok(entries) = std::fs::read_dir(tmp) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_str().is_some_and(|n| is_root_of(n, prefix)) {
+                warn!(
+                    "removing {} left by a previous orchestrator",
+                    e.path().display()
+                );
+                if let Err(err) = protocol::safefs::remove(&e.path()) {
+                    warn!("cannot remove {}: {err}", e.path().display());
+                }
+            }
+        }
+    }
+    match backend.list(prefix).await {
+        Ok(vms) => {
+            for vm in vms.into_iter().filter(|v| is_vm_of(v, prefix)) {
+                warn!("removing VM {vm} left by a previous orchestrator");
+                if let Err(e) = backend.delete(&vm).await {
+                    warn!("cannot remove VM {vm}: {e}");
+                }
+            }
+        }
+        Err(e) => warn!("cannot list VMs to clean up: {e}"),
+    }
+}
+
+/// Does loop directory `dir` hold a ready mark (`*.tkn`)?
+fn has_tkn(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            e.file_name().to_str().is_some_and(|n| n.ends_with(".tkn"))
+                && e.file_type().is_ok_and(|t| t.is_file())
+        })
+    })
+}
+
+/// Everything the orchestrator needs to start a loop.
+struct Launcher {
+    runner: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Launcher {
+    fn spawn(&self, slot: &LoopSlot) -> std::io::Result<Child> {
+        let mut cmd = Command::new(&self.runner);
+        cmd.args(&self.args).arg("--").arg(slot.index.to_string());
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd.env(
+            "RUNNER_ENVIRONMENT",
+            slot.dir
+                .as_deref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+        );
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
+        // SAFETY: setpgid/prctl are async-signal-safe. Own process group: a terminal's
+        // ^C reaches only us, and we stop the loops in order. PDEATHSIG SIGTERM: if we
+        // are killed, each loop still drains and cleans up after itself.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setpgid(0, 0) != 0
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    }
+}
+
+/// Run the orchestrator.
+pub fn main(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("start the async runtime"))?;
+    rt.block_on(run(cli, verbose))
+}
+
+async fn run(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError> {
+    let prefix = cli.prefix.clone();
+    if !protocol::valid_prefix(&prefix) {
+        return Err(OrchestratorError::Usage(format!(
+            "-p/--prefix {prefix:?} must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 64 characters)"
+        )));
+    }
+    if cli.runner_args.iter().any(|a| a == "--") {
+        return Err(OrchestratorError::Usage(
+            "the runner arguments after -- may not contain another --: the orchestrator appends -- <loop> itself".into(),
+        ));
+    }
+    let isolation =
+        !cli.no_isolation && std::env::var("ORCHESTRATOR_ISOLATION").map_or(true, |v| v != "0");
+    // Validate the runner arguments now, with the runner's own parser: a typo should
+    // fail here with exit 2, not N times in N children.
+    if let Some(r) = cli.runtime.0 {
+        // SAFETY: single-threaded here (current-thread runtime, no task spawned yet).
+        unsafe { std::env::set_var("RUNNER_RUNTIME", r.name()) };
+    }
+    let parsed = RunnerCli::try_parse_from(
+        std::iter::once("runner".to_string()).chain(cli.runner_args.iter().cloned()),
+    )
+    .map_err(|e| {
+        OrchestratorError::Usage(format!(
+            "in the runner arguments after --: {}",
+            e.render().to_string().trim()
+        ))
+    })?;
+    let rcfg = RunnerConfig::from_opts(&parsed.opts, &[], Some(prefix.clone()), None)
+        .map_err(|e| OrchestratorError::Usage(format!("in the runner arguments after --: {e}")))?;
+    let backend = Backend::detect(rcfg.runtime)?;
+    let (args, pat, secret) = args::extract_secrets(&cli.runner_args);
+
+    let tmp = std::env::temp_dir();
+    let _lock = lock(&tmp, &prefix)?;
+    sweep(&tmp, &prefix, backend).await;
+
+    let root = match isolation {
+        true => {
+            let r = protocol::secret::random_alnum(8)
+                .map_err(|e| OrchestratorError::Io("read random".into(), e.into()))?;
+            let root = tmp.join(format!("{}{r}", root_prefix(&prefix)));
+            protocol::safefs::create_private_dir(&root)
+                .map_err(io(format!("create {}", root.display())))?;
+            Some(root)
+        }
+        false => None,
+    };
+    let result = supervise(
+        &cli,
+        verbose,
+        &prefix,
+        isolation,
+        root.as_deref(),
+        &rcfg,
+        backend,
+        args,
+        pat,
+        secret,
+    )
+    .await;
+    // Whatever happened: no VM of ours and no environment directory may remain.
+    if let Ok(vms) = backend.list(&prefix).await {
+        for vm in vms.into_iter().filter(|v| is_vm_of(v, &prefix)) {
+            warn!("removing leftover VM {vm}");
+            let _ = backend.delete(&vm).await;
+        }
+    }
+    if let Some(root) = &root {
+        if let Err(e) = protocol::safefs::remove(root) {
+            warn!("cannot remove {}: {e}", root.display());
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    cli: &OrchestratorCli,
+    verbose: u8,
+    prefix: &str,
+    isolation: bool,
+    root: Option<&Path>,
+    rcfg: &RunnerConfig,
+    backend: Backend,
+    args: Vec<String>,
+    pat: Option<String>,
+    secret: Option<String>,
+) -> Result<(), OrchestratorError> {
+    let runner = std::env::current_exe()
+        .ok()
+        .map(|e| e.with_file_name("runner"))
+        .filter(|p| p.is_file())
+        .or_else(|| which::which("runner").ok())
+        .ok_or_else(|| {
+            OrchestratorError::Usage(
+                "cannot find the runner executable beside the orchestrator or on PATH".into(),
+            )
+        })?;
+    let mut env = vec![
+        ("RUNNER_PREFIX".to_string(), prefix.to_string()),
+        (
+            "RUNNER_RUNTIME".to_string(),
+            backend.runtime().name().to_string(),
+        ),
+        ("RUNNER_VERBOSE".to_string(), verbose.to_string()),
+    ];
+    if let Some(l) = &cli.log {
+        env.push(("RUNNER_LOG".into(), l.display().to_string()));
+    }
+    if !isolation {
+        env.push(("RUNNER_ISOLATION".into(), "0".into()));
+    }
+    if let Some(p) = pat {
+        env.push(("RUNNER_PAT".into(), p));
+    }
+    if let Some(s) = secret {
+        env.push(("RUNNER_SECRET".into(), s));
+    }
+    let launcher = Launcher { runner, args, env };
+
+    let mut slots = Vec::new();
+    for i in 1..=cli.runners {
+        let dir = match root {
+            Some(r) => {
+                let d = r.join(format!("{prefix}-{i:03}"));
+                protocol::safefs::create_private_dir(&d)
+                    .map_err(io(format!("create {}", d.display())))?;
+                Some(d)
+            }
+            None => None,
+        };
+        slots.push(LoopSlot {
+            index: i,
+            dir,
+            state: LoopState::Waiting {
+                not_before: Instant::now(),
+            },
+            fast_failures: 0,
+            started_once: false,
+        });
+    }
+    info!(
+        loops = cli.runners,
+        runtime = backend.runtime().name(),
+        "starting"
+    );
+
+    let mut stop = crate::runner::stop_on_signals().map_err(io("install signal handlers"))?;
+    // Staggering: loop i+1 starts when loop i has its .tkn (bounded), or after -s without isolation.
+    let stagger = if isolation {
+        Duration::from_secs(rcfg.boot_timeout)
+    } else {
+        Duration::from_secs(cli.sleep)
+    };
+    let mut next_start: usize = 0;
+    let mut gate: Option<(usize, Instant)> = None;
+    let mut config_error = false;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        // Start the next loop when the previous one is up, or its wait is over.
+        if next_start < slots.len() {
+            let open = match gate {
+                None => true,
+                Some((prev, since)) => {
+                    let elapsed = since.elapsed();
+                    let up = isolation && slots[prev].dir.as_deref().is_some_and(has_tkn);
+                    let gone = !matches!(slots[prev].state, LoopState::Running { .. });
+                    if elapsed >= stagger && isolation && !up && !gone {
+                        warn!(
+                            "loop {} has no ready runner after {}s; starting loop {} anyway",
+                            slots[prev].index,
+                            stagger.as_secs(),
+                            slots[next_start].index
+                        );
+                    }
+                    up || gone || elapsed >= stagger
+                }
+            };
+            if open {
+                let s = &mut slots[next_start];
+                s.state = LoopState::Waiting {
+                    not_before: Instant::now(),
+                };
+                start(&launcher, s)?;
+                gate = Some((next_start, Instant::now()));
+                next_start += 1;
+            }
+        }
+        for s in slots.iter_mut().take(next_start) {
+            match &mut s.state {
+                LoopState::Waiting { not_before }
+                    if s.started_once && Instant::now() >= *not_before =>
+                {
+                    start(&launcher, s)?
+                }
+                LoopState::Running { child, since } => {
+                    let Ok(Some(st)) = child.try_wait() else {
+                        continue;
+                    };
+                    let ran = since.elapsed();
+                    match st.code() {
+                        Some(0) => {
+                            info!("loop {} ended", s.index);
+                            s.state = LoopState::Done;
+                        }
+                        Some(2) => {
+                            config_error = true;
+                            s.state = LoopState::Failed(format!(
+                                "loop {} refused its configuration (exit 2)",
+                                s.index
+                            ));
+                        }
+                        _ => {
+                            s.fast_failures = if ran < FAST_FAILURE {
+                                s.fast_failures + 1
+                            } else {
+                                0
+                            };
+                            if s.fast_failures >= MAX_FAST_FAILURES {
+                                let why = format!("loop {} failed {} times in a row within {}s of starting ({st}); given up", s.index, s.fast_failures, FAST_FAILURE.as_secs());
+                                warn!("{why}");
+                                s.state = LoopState::Failed(why);
+                            } else {
+                                let backoff = Duration::from_secs(1 << s.fast_failures.min(6));
+                                warn!(
+                                    "loop {} died ({st}) after {}s; restarting in {}s",
+                                    s.index,
+                                    ran.as_secs(),
+                                    backoff.as_secs()
+                                );
+                                if let Some(d) = &s.dir {
+                                    // Files of the dead loop's last VM are stale now.
+                                    clear_dir(d);
+                                }
+                                s.state = LoopState::Waiting {
+                                    not_before: Instant::now() + backoff,
+                                };
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if next_start == slots.len()
+            && slots
+                .iter()
+                .all(|s| matches!(s.state, LoopState::Done | LoopState::Failed(_)))
+        {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+
+    if *stop.borrow() {
+        info!("stopping: asking every loop to terminate");
+        shutdown(&mut slots, rcfg).await;
+        return Ok(());
+    }
+    let failed: Vec<String> = slots
+        .iter()
+        .filter_map(|s| match &s.state {
+            LoopState::Failed(w) => Some(w.clone()),
+            _ => None,
+        })
+        .collect();
+    if failed.is_empty() {
+        info!("all loops ended");
+        Ok(())
+    } else if config_error {
+        Err(OrchestratorError::Usage(failed.join("; ")))
+    } else {
+        Err(OrchestratorError::LoopsFailed(failed.join("; ")))
+    }
+}
+
+fn start(launcher: &Launcher, s: &mut LoopSlot) -> Result<(), OrchestratorError> {
+    let child = launcher
+        .spawn(s)
+        .map_err(io(format!("start {}", launcher.runner.display())))?;
+    info!("loop {} started (pid {})", s.index, child.id().unwrap_or(0));
+    s.state = LoopState::Running {
+        child,
+        since: Instant::now(),
+    };
+    s.started_once = true;
+    Ok(())
+}
+
+fn clear_dir(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let _ = protocol::safefs::remove(&e.path());
+        }
+    }
+}
+
+/// SIGTERM every running loop, wait for them (bounded by what a busy job may take),
+/// then kill what is left.
+async fn shutdown(slots: &mut [LoopSlot], rcfg: &RunnerConfig) {
+    for s in slots.iter() {
+        if let LoopState::Running { child, .. } = &s.state {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
+    let bound = Duration::from_secs(rcfg.grace) + Duration::from_secs(60);
+    let deadline = Instant::now() + bound;
+    for s in slots.iter_mut() {
+        if let LoopState::Running { child, .. } = &mut s.state {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, child.wait()).await.is_err() {
+                warn!(
+                    "loop {} did not stop within {}s: killing it",
+                    s.index,
+                    bound.as_secs()
+                );
+                if let Some(pid) = child.id() {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                let _ = child.wait().await;
+            }
+            s.state = LoopState::Done;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_and_vm_names_match_only_their_prefix() {
+        assert!(is_root_of(
+            "gh-runner-microvm.GH-runner.root-abc123",
+            "GH-runner"
+        ));
+        assert!(!is_root_of("gh-runner-microvm.GH-runner.root-abc123", "GH"));
+        assert!(!is_root_of("gh-runner-microvm.a.root-x.root-abc", "a"));
+        assert!(is_vm_of("GH-runner-1-abcdefg", "GH-runner"));
+        assert!(!is_vm_of("GH-runner-1-abcdefg", "GH"));
+        assert!(!is_vm_of("GH-runnerX-1-abc", "GH-runner"));
+        assert!(!is_vm_of("other-1-abc", "GH-runner"));
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let d = tempfile::tempdir().unwrap();
+        let first = lock(d.path(), "P").unwrap();
+        let err = lock(d.path(), "P").unwrap_err();
+        assert!(
+            err.to_string().contains(&std::process::id().to_string()),
+            "{err}"
+        );
+        assert!(lock(d.path(), "Q").is_ok());
+        drop(first);
+        assert!(lock(d.path(), "P").is_ok());
+    }
+}

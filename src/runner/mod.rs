@@ -1,0 +1,551 @@
+//! One runner loop (design.md §3): per iteration an id and a fresh secret, a
+//! single-use credential minted here on the host, a `.env` for the guest, a VM,
+//! and afterwards the VM, the `<id>.*` files and the GitHub registration removed.
+
+pub mod config;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use protocol::envfile::{GuestConfig, Registration};
+use protocol::{file_in, safefs, secret, Kind, MAX_SIGNAL_FILE};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::backend::{Backend, BackendError, VmSpec};
+use crate::forge::{Deletion, Forge, ForgeError};
+use config::RunnerConfig;
+
+/// Consecutive failed iterations (no `.tkn`) before the loop gives up.
+const MAX_CONSECUTIVE_FAILURES: u32 = 5;
+/// Names tried for one JIT config when GitHub answers 409 or uncertainly.
+const MINT_ATTEMPTS: u32 = 3;
+/// How long an idle guest gets to honour `.trm` before the VM is killed.
+const IDLE_STOP_WAIT: Duration = Duration::from_secs(30);
+/// Extra time over `--grace` for a busy guest to wind down.
+const BUSY_STOP_MARGIN: Duration = Duration::from_secs(20);
+
+/// Why a loop failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// Invalid configuration (exit 2).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The backend is missing or broken.
+    #[error("microVM backend failure")]
+    Backend(#[from] BackendError),
+    /// GitHub refused or could not be reached.
+    #[error("GitHub failure")]
+    Forge(#[from] ForgeError),
+    /// Host file system.
+    #[error("cannot {0}")]
+    Io(String, #[source] std::io::Error),
+    /// Guests keep failing.
+    #[error("giving up: {count} VMs in a row failed to get their runner up (last: {last})")]
+    GuestFailing {
+        /// How many.
+        count: u32,
+        /// The last reason.
+        last: String,
+    },
+}
+
+impl RunnerError {
+    /// The documented exit status.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunnerError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Why a running VM is being stopped by the host.
+#[derive(Debug, Clone, Copy)]
+enum Drain {
+    Lifetime,
+    Signal,
+}
+
+/// What one iteration came to.
+struct Iteration {
+    /// The guest wrote `.tkn`.
+    ready: bool,
+    /// The loop must end (drained, or a valid `.brk`).
+    end: bool,
+    /// Why it failed, when it did not get ready.
+    failure: Option<String>,
+}
+
+/// A runner loop.
+pub struct Loop {
+    cfg: RunnerConfig,
+    backend: Backend,
+    forge: Forge,
+    group_id: u64,
+    dir: Option<PathBuf>,
+    _own_dir: Option<tempfile::TempDir>,
+    stop: watch::Receiver<bool>,
+    deadline: Option<Instant>,
+    last_exit: Option<Instant>,
+}
+
+fn random_id(loop_id: u32) -> Result<String, RunnerError> {
+    let r = secret::random_alnum(8)
+        .map_err(|e| RunnerError::Io("read the system's random source".into(), e.into()))?;
+    Ok(format!("{loop_id}-{r}"))
+}
+
+impl Loop {
+    /// Check the backend, reach GitHub (resolving the runner group), prepare the loop directory.
+    pub async fn new(
+        cfg: RunnerConfig,
+        isolation: bool,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Loop, RunnerError> {
+        let backend = Backend::detect(cfg.runtime)?;
+        let forge = Forge::with_pat(cfg.endpoints.clone(), cfg.scope, &cfg.principal, &cfg.pat)?;
+        let group_id = forge.resolve_group(&cfg.group).await?;
+        let (dir, own) = match (&cfg.environment, isolation) {
+            (_, false) => (None, None),
+            (Some(d), true) => {
+                let meta = std::fs::symlink_metadata(d).map_err(|e| {
+                    RunnerError::Io(format!("use RUNNER_ENVIRONMENT {}", d.display()), e)
+                })?;
+                if !meta.is_dir() {
+                    return Err(config::ConfigError(format!(
+                        "RUNNER_ENVIRONMENT {} is not a directory",
+                        d.display()
+                    ))
+                    .into());
+                }
+                (Some(d.clone()), None)
+            }
+            (None, true) => {
+                let t = tempfile::Builder::new()
+                    .prefix(&format!(
+                        "gh-runner-microvm.{}-{:03}.",
+                        cfg.prefix, cfg.loop_id
+                    ))
+                    .tempdir()
+                    .map_err(|e| RunnerError::Io("create the loop directory".into(), e))?;
+                (Some(t.path().to_path_buf()), Some(t))
+            }
+        };
+        if let Some(d) = &dir {
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(|e| RunnerError::Io(format!("restrict {}", d.display()), e))?;
+        }
+        backend.prepare(&cfg.image).await?;
+        let deadline = cfg.terminate.map(|t| Instant::now() + t);
+        info!(runtime = backend.runtime().name(), group = group_id, dir = ?dir, "runner loop {} ready", cfg.loop_id);
+        Ok(Loop {
+            cfg,
+            backend,
+            forge,
+            group_id,
+            dir,
+            _own_dir: own,
+            stop,
+            deadline,
+            last_exit: None,
+        })
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    fn expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Run iterations until `-r`, `-k`, a signal or a valid `.brk`.
+    pub async fn run(mut self) -> Result<(), RunnerError> {
+        let mut done = 0u64;
+        let mut failures = 0u32;
+        loop {
+            if self.stopping() {
+                info!("asked to stop: loop ends after {done} job(s)");
+                return Ok(());
+            }
+            if self.expired() {
+                info!("lifetime (-k) reached: loop ends after {done} job(s)");
+                return Ok(());
+            }
+            if self.cfg.repeat.is_some_and(|r| done >= r) {
+                info!("{done} iteration(s) done (-r): loop ends");
+                return Ok(());
+            }
+            let it = self.iteration().await?;
+            if it.ready {
+                done += 1;
+                failures = 0;
+            } else if let Some(why) = it.failure {
+                failures += 1;
+                if failures >= MAX_CONSECUTIVE_FAILURES {
+                    return Err(RunnerError::GuestFailing {
+                        count: failures,
+                        last: why,
+                    });
+                }
+                let backoff = Duration::from_secs(1 << failures.min(5));
+                warn!("iteration failed ({why}); retrying in {}s ({failures}/{MAX_CONSECUTIVE_FAILURES})", backoff.as_secs());
+                let mut stop = self.stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            }
+            if it.end {
+                info!("loop ends after {done} job(s)");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Mint a credential under a fresh name; on 409 or an uncertain failure, remove
+    /// whatever got that name and try again under another (never a blind re-POST).
+    async fn mint(&self) -> Result<(String, Registration, Option<u64>), RunnerError> {
+        let mut last = None;
+        for attempt in 1..=MINT_ATTEMPTS {
+            let id = random_id(self.cfg.loop_id)?;
+            let name = format!("{}-{id}", self.cfg.prefix);
+            if !self.cfg.jit {
+                let token = self.forge.registration_token().await?;
+                let reg = Registration::Token {
+                    url: self.forge.runner_url(),
+                    token,
+                    labels: self.cfg.labels.join(","),
+                    group: self.cfg.group.clone(),
+                };
+                return Ok((id, reg, None));
+            }
+            match self.forge.jit(&name, self.group_id, &self.cfg.labels).await {
+                Ok(jit) => {
+                    debug!(runner = %name, runner_id = jit.runner_id, "JIT config minted");
+                    return Ok((
+                        id,
+                        Registration::Jit {
+                            config: jit.encoded,
+                        },
+                        Some(jit.runner_id),
+                    ));
+                }
+                Err(e @ (ForgeError::Conflict(_) | ForgeError::Transport(..)))
+                | Err(e @ ForgeError::Refused { status: 500.., .. }) => {
+                    warn!("minting a JIT config for {name} failed ({e}); cleaning up and retrying under a new name ({attempt}/{MINT_ATTEMPTS})");
+                    if let Ok(Some(r)) = self.forge.find_runner(&name).await {
+                        let _ = self.forge.delete_runner(r.id).await;
+                    }
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last
+            .map(RunnerError::from)
+            .unwrap_or(RunnerError::GuestFailing {
+                count: 0,
+                last: "no attempt".into(),
+            }))
+    }
+
+    async fn iteration(&mut self) -> Result<Iteration, RunnerError> {
+        let (id, registration, runner_id) = self.mint().await?;
+        let name = format!("{}-{id}", self.cfg.prefix);
+        let secret = match &self.cfg.secret {
+            Some(s) => s.clone(),
+            None => secret::generate()
+                .map_err(|e| RunnerError::Io("read the system's random source".into(), e.into()))?,
+        };
+        let guest = GuestConfig {
+            name: name.clone(),
+            registration,
+            secret: secret.clone(),
+            user: self.cfg.user.clone(),
+            update: self.cfg.update,
+            grace: self.cfg.grace,
+            verbose: self.cfg.verbose,
+            dns: self.cfg.dns.clone(),
+        };
+        let dotenv = guest
+            .to_dotenv()
+            .map_err(|e| config::ConfigError(e.to_string()))?;
+        drop(guest);
+        let args = match &self.dir {
+            Some(dir) => {
+                let env = file_in(dir, &id, Kind::Env);
+                safefs::write_replace(&env, dotenv.as_bytes(), 0o600)
+                    .map_err(|e| RunnerError::Io(format!("write {}", env.display()), e))?;
+                let g = Path::new(protocol::GUEST_ENV_DIR);
+                vec![
+                    "-E".into(),
+                    file_in(g, &id, Kind::Env).display().to_string(),
+                    "-k".into(),
+                    file_in(g, &id, Kind::Tkn).display().to_string(),
+                ]
+            }
+            // Insecure mode: the configuration travels as guest options.
+            None => dotenv
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .flat_map(|(k, v)| ["-c".to_string(), format!("{k}={}", v.trim_matches('\''))])
+                .collect(),
+        };
+        drop(dotenv);
+        let mut mounts = self.cfg.mounts.clone();
+        let entrypoint = match &self.cfg.dev {
+            Some((host, guest)) => {
+                mounts.push(config::Mount {
+                    host: host.clone(),
+                    guest: guest.clone(),
+                    options: Some("ro".into()),
+                });
+                format!("{guest}/entrypoint")
+            }
+            None => protocol::IMAGE_ENTRYPOINT.to_string(),
+        };
+        let spec = VmSpec {
+            name: name.clone(),
+            image: self.cfg.image.clone(),
+            cpus: self.cfg.cpus,
+            memory: self.cfg.memory,
+            dns: self.cfg.dns.clone(),
+            env_dir: self.dir.clone(),
+            mounts,
+            entrypoint,
+            args,
+        };
+        let outcome = self.boot_and_wait(&spec, &id, &secret, runner_id).await;
+        self.cleanup(&name, &id, runner_id).await;
+        outcome
+    }
+
+    async fn boot_and_wait(
+        &mut self,
+        spec: &VmSpec,
+        id: &str,
+        secret: &str,
+        runner_id: Option<u64>,
+    ) -> Result<Iteration, RunnerError> {
+        let name = &spec.name;
+        if let Err(e) = self.backend.create(spec).await {
+            return Ok(Iteration {
+                ready: false,
+                end: false,
+                failure: Some(format!("cannot create VM {name}: {e}")),
+            });
+        }
+        let mut child = match self.backend.start(spec) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(Iteration {
+                    ready: false,
+                    end: false,
+                    failure: Some(format!("cannot start VM {name}: {e}")),
+                })
+            }
+        };
+        let started = Instant::now();
+        match self.last_exit.take() {
+            Some(t) => info!(
+                turnaround_ms = (started - t).as_millis() as u64,
+                "VM {name} started"
+            ),
+            None => info!("VM {name} started"),
+        }
+        let tkn = self.dir.as_deref().map(|d| file_in(d, id, Kind::Tkn));
+        // Without a loop directory there is no ready mark: a started VM counts as up.
+        let mut ready = tkn.is_none();
+        let boot_deadline = started + Duration::from_secs(self.cfg.boot_timeout);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut stop = self.stop.clone();
+        let mut drained = false;
+        let status = loop {
+            tokio::select! {
+                st = child.wait() => break st.ok(),
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s), if !drained => {}
+            }
+            if !ready && tkn.as_deref().is_some_and(safefs::is_regular) {
+                ready = true;
+                info!(
+                    boot_ms = started.elapsed().as_millis() as u64,
+                    "runner {name} is up"
+                );
+            }
+            if !ready && Instant::now() >= boot_deadline {
+                warn!(
+                    "VM {name} wrote no ready mark within --boot-timeout {}s: killing it",
+                    self.cfg.boot_timeout
+                );
+                self.backend.force_stop(name, &mut child).await;
+                let _ = child.wait().await;
+                self.last_exit = Some(Instant::now());
+                return Ok(Iteration {
+                    ready: false,
+                    end: false,
+                    failure: Some(format!("boot timeout ({}s)", self.cfg.boot_timeout)),
+                });
+            }
+            let why = if self.stopping() {
+                Some(Drain::Signal)
+            } else if self.expired() {
+                Some(Drain::Lifetime)
+            } else {
+                None
+            };
+            if let (Some(why), false) = (why, drained) {
+                drained = true;
+                break self
+                    .drain(why, spec, id, secret, runner_id, &mut child)
+                    .await;
+            }
+        };
+        self.last_exit = Some(Instant::now());
+        let mut end = drained;
+        match &status {
+            Some(st) if st.success() => info!("VM {name} exited"),
+            Some(st) => warn!("VM {name} exited with {st}"),
+            None => warn!("VM {name}: exit status unknown"),
+        }
+        if let Some(dir) = &self.dir {
+            let brk = file_in(dir, id, Kind::Brk);
+            match safefs::read_bounded(&brk, MAX_SIGNAL_FILE) {
+                Ok(None) => {}
+                Ok(Some(c)) if secret::matches(secret, &c) => {
+                    info!("the guest asked to end this loop ({})", brk.display());
+                    end = true;
+                }
+                Ok(Some(_)) => warn!(
+                    "ignoring {}: it does not carry this VM's secret",
+                    brk.display()
+                ),
+                Err(e) => warn!("ignoring .brk: {e}"),
+            }
+        }
+        let failure = (!ready && !drained).then(|| match status {
+            Some(st) => format!("VM {name} exited ({st}) before its runner was up"),
+            None => format!("VM {name} ended before its runner was up"),
+        });
+        Ok(Iteration {
+            ready,
+            end,
+            failure,
+        })
+    }
+
+    /// Ask the guest to stop: deregister at GitHub (so no new job comes), write
+    /// `.trm`, give an idle runner a short wait and a busy one `--grace`, then kill.
+    async fn drain(
+        &self,
+        why: Drain,
+        spec: &VmSpec,
+        id: &str,
+        secret: &str,
+        runner_id: Option<u64>,
+        child: &mut tokio::process::Child,
+    ) -> Option<std::process::ExitStatus> {
+        let name = &spec.name;
+        let busy = match self.lookup(name, runner_id).await {
+            Some(rid) => match self.forge.delete_runner(rid).await {
+                Ok(Deletion::Deleted) | Ok(Deletion::Gone) => false,
+                Ok(Deletion::Busy) => true,
+                Err(e) => {
+                    warn!("cannot deregister {name} ({e}); assuming it is busy");
+                    true
+                }
+            },
+            None => false,
+        };
+        let wait = match (self.dir.as_ref(), busy) {
+            (None, _) => Duration::ZERO, // no .trm without a loop directory: force
+            (Some(_), true) => Duration::from_secs(self.cfg.grace) + BUSY_STOP_MARGIN,
+            (Some(_), false) => IDLE_STOP_WAIT,
+        };
+        info!(
+            "stopping VM {name} ({}): {}",
+            match why {
+                Drain::Lifetime => "lifetime reached",
+                Drain::Signal => "signal",
+            },
+            if busy {
+                format!("a job is running, it gets up to {}s", self.cfg.grace)
+            } else {
+                "idle, stopping now".into()
+            }
+        );
+        if let Some(dir) = &self.dir {
+            let trm = file_in(dir, id, Kind::Trm);
+            if let Err(e) = safefs::write_replace(&trm, secret.as_bytes(), 0o600) {
+                warn!("cannot write {}: {e}", trm.display());
+            }
+        }
+        match tokio::time::timeout(wait, child.wait()).await {
+            Ok(st) => st.ok(),
+            Err(_) => {
+                warn!(
+                    "VM {name} did not stop within {}s: killing it",
+                    wait.as_secs()
+                );
+                self.backend.force_stop(name, child).await;
+                child.wait().await.ok()
+            }
+        }
+    }
+
+    async fn lookup(&self, name: &str, runner_id: Option<u64>) -> Option<u64> {
+        match runner_id {
+            Some(id) => Some(id),
+            None => self
+                .forge
+                .find_runner(name)
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.id),
+        }
+    }
+
+    /// After every VM: remove it, its files, and its registration if still there.
+    async fn cleanup(&self, name: &str, id: &str, runner_id: Option<u64>) {
+        if let Err(e) = self.backend.delete(name).await {
+            warn!("cannot delete VM {name}: {e}");
+        }
+        if let Some(dir) = &self.dir {
+            if let Err(e) = safefs::remove_id_files(dir, id) {
+                warn!("cannot remove {id}.* in {}: {e}", dir.display());
+            }
+        }
+        if let Some(rid) = self.lookup(name, runner_id).await {
+            match self.forge.delete_runner(rid).await {
+                Ok(Deletion::Deleted) => debug!("deregistered {name} at GitHub"),
+                Ok(Deletion::Gone) => {}
+                Ok(Deletion::Busy) => {
+                    warn!("GitHub still sees {name} as busy although its VM is gone")
+                }
+                Err(e) => warn!("cannot deregister {name}: {e}"),
+            }
+        }
+    }
+}
+
+/// A watch channel set to `true` on SIGTERM, SIGINT or SIGHUP.
+pub fn stop_on_signals() -> std::io::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = hup.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
