@@ -1,1 +1,9 @@
+//! Integration tests: the real binaries against the local forge, with stand-in
+//! backends (krunvm, podman) that run the real entrypoint as a host process.
+//! Run `scripts/build.sh` first (the README's test command does).
 
+mod cli;
+mod common;
+mod handshake;
+mod lifecycle;
+mod loop_e2e;

@@ -174,6 +174,7 @@ impl Backend {
         };
         let mut cmd = Command::new(program);
         cmd.args(&args).stdin(Stdio::null()).kill_on_drop(true);
+        scrub(&mut cmd);
         supervised(&mut cmd);
         cmd.spawn().map_err(|e| spawn_error(program, e))
     }
@@ -211,6 +212,23 @@ impl Backend {
     }
 }
 
+/// Credentials of the host that no backend process (and so no guest) may inherit.
+const HOST_SECRETS: &[&str] = &[
+    "RUNNER_PAT",
+    "RUNNER_SECRET",
+    "RUNNER_APP_KEY",
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+];
+
+/// Remove the host's credentials from a backend command's environment.
+fn scrub(cmd: &mut Command) -> &mut Command {
+    for v in HOST_SECRETS {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
 /// Put the child in its own process group and tie its life to this thread.
 pub fn supervised(cmd: &mut Command) {
     // SAFETY: setpgid and prctl are async-signal-safe and touch no memory.
@@ -244,7 +262,7 @@ fn spawn_error(program: &str, e: std::io::Error) -> BackendError {
 
 /// Run a tool to completion; non-zero exit is an error with its stderr.
 pub(crate) async fn output(program: &'static str, args: &[&str]) -> Result<String, BackendError> {
-    let out = Command::new(program)
+    let out = scrub(&mut Command::new(program))
         .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true)

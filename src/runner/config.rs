@@ -159,9 +159,11 @@ impl RunnerConfig {
                     ))
                 }
             },
-            _ if !ok_segment(&principal) => return err(format!(
+            _ if !ok_segment(&principal) => {
+                return err(format!(
                 "-p/--principal {principal:?}: with -s org or -s enterprise it is a single name"
-            )),
+            ))
+            }
             _ => {}
         }
         let Some(pat) = o.pat.clone().filter(|p| !p.is_empty()) else {

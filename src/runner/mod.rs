@@ -405,6 +405,10 @@ impl Loop {
             }
         };
         self.last_exit = Some(Instant::now());
+        // A fast guest can write .tkn, run its job and exit between two ticks.
+        if !ready && tkn.as_deref().is_some_and(safefs::is_regular) {
+            ready = true;
+        }
         let mut end = drained;
         match &status {
             Some(st) if st.success() => info!("VM {name} exited"),

@@ -1,0 +1,296 @@
+//! Test harness: a local forge, stand-in backends on PATH, and processes that are
+//! always torn down (a unique tag in every process's environment lets teardown
+//! find and kill anything a test started, on every path: pass, fail, panic).
+
+#![allow(dead_code)]
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ghrm::localforge::LocalForge;
+
+/// The PAT the local forge accepts; tests prove it never reaches a guest.
+pub const PAT: &str = "test-pat-Zq8X3vN1cK7mP2wR";
+/// The repository jobs are queued for.
+pub const REPO: &str = "acme/widgets";
+
+pub fn bin(name: &str) -> PathBuf {
+    let runner = PathBuf::from(env!("CARGO_BIN_EXE_runner"));
+    let p = runner.with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/build.sh first (it builds the static guest binaries)",
+        p.display()
+    );
+    p
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bin")
+}
+
+/// Lay out an actions-runner install root holding the fake runner, as
+/// `<root>/runner-<version>/{run.sh,config.sh,bin/Runner.Listener}`.
+pub fn fake_runner_install(root: &Path, version: &str) -> PathBuf {
+    let dir = root.join(format!("runner-{version}"));
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::copy(bin("fake-runner-listener"), dir.join("bin/Runner.Listener")).unwrap();
+    for (script, verb) in [("run.sh", "run"), ("config.sh", "configure")] {
+        let p = dir.join(script);
+        std::fs::write(
+            &p,
+            format!("#!/bin/sh\nexec \"$(dirname \"$0\")/bin/Runner.Listener\" {verb} \"$@\"\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+/// One test's world: forge, temp dirs, stand-ins, leak tag.
+pub struct World {
+    pub forge: LocalForge,
+    pub dir: tempfile::TempDir,
+    pub tag: String,
+}
+
+impl World {
+    pub fn new() -> World {
+        let forge = LocalForge::start(0, &[PAT]).unwrap();
+        forge.set_runner_url(&forge.url());
+        let dir = tempfile::Builder::new()
+            .prefix("ghrm-test.")
+            .tempdir()
+            .unwrap();
+        for d in ["tmp", "state", "install"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        fake_runner_install(&dir.path().join("install"), "2.330.0");
+        // An older version beside it: the entrypoint must pick the newest.
+        std::fs::create_dir_all(dir.path().join("install/runner-2.9.0")).unwrap();
+        let tag = protocol::secret::random_alnum(16).unwrap();
+        World { forge, dir, tag }
+    }
+
+    pub fn tmp(&self) -> PathBuf {
+        self.dir.path().join("tmp")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A command for one of our binaries, in a clean environment with the stand-ins on PATH.
+    pub fn command(&self, name: &str) -> Command {
+        let mut c = Command::new(bin(name));
+        c.env_clear()
+            .env(
+                "PATH",
+                format!(
+                    "{}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+                    fixtures().display()
+                ),
+            )
+            .env("HOME", self.dir.path())
+            .env("TMPDIR", self.tmp())
+            .env("GHRM_STANDIN_STATE", self.state())
+            .env("GHRM_STANDIN_RUNNER", self.dir.path().join("install"))
+            .env("GHRM_STANDIN_ENTRYPOINT", bin("entrypoint"))
+            .env("GHRM_LEAK_TAG", &self.tag)
+            // No stray .env from the developer's checkout.
+            .current_dir(self.dir.path());
+        c
+    }
+
+    /// Start a binary in its own process group, output to a log file.
+    pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        let log = self.dir.path().join(format!(
+            "{name}-{}.log",
+            protocol::secret::random_alnum(4).unwrap()
+        ));
+        let f = std::fs::File::create(&log).unwrap();
+        let mut c = self.command(name);
+        c.args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .process_group(0);
+        Proc {
+            child: c.spawn().unwrap(),
+            log,
+        }
+    }
+
+    /// `orchestrator ARGS -- -T PAT -g FORGE -p acme/widgets RUNNER_ARGS`
+    pub fn orchestrator(&self, args: &[&str], runner_args: &[&str]) -> Proc {
+        let url = self.forge.url();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--", "-T", PAT, "-g", &url, "-p", REPO]);
+        all.extend(runner_args);
+        self.spawn("orchestrator", &all)
+    }
+
+    /// Processes (pid, cmdline) carrying this test's tag.
+    pub fn tagged(&self) -> Vec<(i32, String)> {
+        let needle = format!("GHRM_LEAK_TAG={}", self.tag);
+        let mut found = vec![];
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if pid == std::process::id() as i32 {
+                continue;
+            }
+            let Ok(env) = std::fs::read(e.path().join("environ")) else {
+                continue;
+            };
+            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                if stat.split_whitespace().nth(2) == Some("Z") {
+                    continue; // a zombie is already dead
+                }
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                found.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+            }
+        }
+        found
+    }
+
+    /// Wait until no tagged process is left; return the survivors if some remain.
+    pub fn wait_no_processes(&self, within: Duration) -> Vec<(i32, String)> {
+        let end = Instant::now() + within;
+        loop {
+            let left = self.tagged();
+            if left.is_empty() || Instant::now() >= end {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Environment roots left in TMPDIR.
+    pub fn env_roots(&self) -> Vec<String> {
+        std::fs::read_dir(self.tmp())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("gh-runner-microvm."))
+            .collect()
+    }
+
+    /// VMs the stand-ins still know.
+    pub fn vms(&self) -> Vec<String> {
+        std::fs::read_dir(self.state().join("vm"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn read_state(&self, file: &str) -> String {
+        std::fs::read_to_string(self.state().join(file)).unwrap_or_default()
+    }
+
+    /// Wait for `cond` or panic with `what` and the log.
+    pub fn wait_for(&self, what: &str, within: Duration, p: &Proc, mut cond: impl FnMut() -> bool) {
+        let end = Instant::now() + within;
+        while !cond() {
+            assert!(
+                Instant::now() < end,
+                "timed out waiting for {what}\n{}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for (pid, _) in self.tagged() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A process started by a test; killed (with its process group) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn log(&self) -> String {
+        format!(
+            "----- {} -----\n{}",
+            self.log.display(),
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        )
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Wait for exit within `within`, or panic with the log.
+    pub fn finish(&mut self, within: Duration) -> ExitStatus {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < end,
+                "process did not exit within {}s\n{}",
+                within.as_secs(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Shell prelude of job scripts: `D` is the loop directory as the guest sees it,
+/// `ID` this VM's iteration id (the runner name is `<prefix>-<loop>-<random>`).
+pub const PRELUDE: &str = r#"D=${GHRM_TEST_ENVDIR:-/_environment}
+ID=$(echo "$RUNNER_NAME" | awk -F- '{print $(NF-1)"-"$NF}')
+"#;
+
+/// A job script that reports, from inside the guest, what a workflow can see.
+pub fn facts_script() -> String {
+    PRELUDE.to_string()
+        + r#"echo "runner=$RUNNER_NAME"
+for f in "$D"/*.env; do [ -e "$f" ] && echo "env-file-present=$f"; done
+echo "dir-mode=$(stat -c %a "$D")"
+echo "--- own environment"; env
+for p in $PPID $(awk '{print $4}' /proc/$PPID/stat); do
+  echo "--- process $p"; tr '\0' ' ' < /proc/$p/cmdline; echo; tr '\0' '\n' < /proc/$p/environ
+done
+echo "--- loop directory"
+for f in "$D"/* "$D"/.[!.]*; do [ -f "$f" ] && { echo "== $f"; cat "$f"; echo; }; done
+echo facts-done
+"#
+}
