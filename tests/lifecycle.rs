@@ -1,1 +1,224 @@
+//! Lifetimes and failures: -k drains, signals, SIGKILL and restart, boot timeouts.
 
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::common::{World, PRELUDE, REPO};
+use ghrm::localforge::JobStatus;
+
+/// `-k` ends every loop through `.trm`: the idle runner stops at once, the busy job
+/// finishes within `--grace`, and a `.trm` planted as a symlink to a host file is
+/// replaced, not followed.
+#[test]
+fn lifetime_drains_idle_at_once_and_busy_within_grace() {
+    let w = World::new();
+    let victim = w.dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let job = w.forge.queue_job(
+        REPO,
+        &[],
+        &format!(
+            "{PRELUDE}ln -s '{}' \"$D/$ID.trm\"\nsleep 7\necho busy-done",
+            victim.display()
+        ),
+    );
+    let t0 = Instant::now();
+    let mut p = w.orchestrator(
+        &["-n", "2", "-R", "krunvm"],
+        &["-k", "4", "--grace", "30", "-u", "root"],
+    );
+    let st = p.finish(Duration::from_secs(60));
+    let took = t0.elapsed();
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious",
+        "the host followed a planted .trm symlink\n{log}"
+    );
+    let j = w.forge.jobs().into_iter().find(|j| j.id == job).unwrap();
+    assert_eq!(j.status, JobStatus::Completed);
+    assert_eq!(
+        j.exit_code,
+        Some(0),
+        "busy job did not finish: {}\n{log}",
+        j.output
+    );
+    assert!(j.output.contains("busy-done"));
+    assert!(log.contains("idle, stopping now"), "{log}");
+    assert!(log.contains("a job is running"), "{log}");
+    assert!(
+        took < Duration::from_secs(25),
+        "took {took:?}: the idle runner was not stopped at once\n{log}"
+    );
+    assert!(
+        w.forge.runners().is_empty() && w.env_roots().is_empty() && w.vms().is_empty(),
+        "{log}"
+    );
+    assert!(w.wait_no_processes(Duration::from_secs(5)).is_empty());
+}
+
+/// A busy job that outlives `--grace` is terminated (reported as cancelled).
+#[test]
+fn lifetime_terminates_a_job_past_the_grace() {
+    let w = World::new();
+    let job = w.forge.queue_job(REPO, &[], "sleep 60; echo never");
+    let mut p = w.orchestrator(
+        &["-n", "1", "-R", "podman"],
+        &["-k", "2", "--grace", "2", "-u", "root"],
+    );
+    let st = p.finish(Duration::from_secs(45));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    let j = w.forge.jobs().into_iter().find(|j| j.id == job).unwrap();
+    assert_eq!(
+        j.exit_code,
+        Some(-1),
+        "the job was not cancelled: {j:?}\n{log}"
+    );
+    assert!(log.contains("grace of 2s is over"), "{log}");
+    assert!(
+        w.forge.runners().is_empty() && w.env_roots().is_empty() && w.vms().is_empty(),
+        "{log}"
+    );
+    assert!(w.wait_no_processes(Duration::from_secs(5)).is_empty());
+}
+
+/// SIGTERM to the orchestrator mid-job: clean exit 0, nothing left anywhere.
+#[test]
+fn sigterm_mid_run_leaves_nothing() {
+    let w = World::new();
+    w.forge.queue_job(REPO, &[], "sleep 60");
+    let p = w.orchestrator(
+        &["-n", "2", "-R", "krunvm"],
+        &["--grace", "2", "-u", "root"],
+    );
+    w.wait_for(
+        "a busy runner and an idle one",
+        Duration::from_secs(30),
+        &p,
+        || {
+            let r = w.forge.runners();
+            r.len() == 2 && r.iter().any(|r| r.busy) && r.iter().all(|r| r.status == "online")
+        },
+    );
+    p.signal(Signal::SIGTERM);
+    let mut p = p;
+    let st = p.finish(Duration::from_secs(60));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(
+        w.forge.runners().is_empty(),
+        "{:?}\n{log}",
+        w.forge.runners()
+    );
+    assert!(w.env_roots().is_empty() && w.vms().is_empty(), "{log}");
+    let left = w.wait_no_processes(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:?}\n{log}");
+}
+
+/// SIGKILL to the orchestrator: no loop, VM or job survives it, and the next
+/// orchestrator of the same prefix starts cleanly and sweeps what was left.
+#[test]
+fn sigkill_leaves_no_process_and_a_restart_is_clean() {
+    let w = World::new();
+    let p = w.orchestrator(
+        &["-n", "2", "-R", "krunvm"],
+        &["--grace", "2", "-u", "root"],
+    );
+    w.wait_for("two runners online", Duration::from_secs(30), &p, || {
+        let r = w.forge.runners();
+        r.len() == 2 && r.iter().all(|r| r.status == "online")
+    });
+    p.signal(Signal::SIGKILL);
+    let left = w.wait_no_processes(Duration::from_secs(40));
+    assert!(
+        left.is_empty(),
+        "survivors of SIGKILL: {left:?}\n{}",
+        p.log()
+    );
+    // The loops deregistered their runners on their way out.
+    assert!(
+        w.forge.runners().is_empty(),
+        "{:?}\n{}",
+        w.forge.runners(),
+        p.log()
+    );
+    let stale = w.env_roots();
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    drop(p);
+
+    w.forge.queue_job(REPO, &[], "echo after-restart");
+    let mut p2 = w.orchestrator(&["-n", "1", "-R", "krunvm"], &["-r", "1", "-u", "root"]);
+    let st = p2.finish(Duration::from_secs(60));
+    let log = p2.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(log.contains("left by a previous orchestrator"), "{log}");
+    assert!(
+        w.env_roots().is_empty() && w.vms().is_empty(),
+        "{:?}\n{log}",
+        w.env_roots()
+    );
+    assert!(
+        w.forge.jobs().iter().all(|j| j.exit_code == Some(0)),
+        "{log}"
+    );
+}
+
+/// A guest that never writes `.tkn`: killed after `--boot-timeout`, its runner
+/// deleted at GitHub, and the iteration retried (and not counted for `-r`).
+#[test]
+fn boot_timeout_kills_deregisters_and_retries() {
+    let w = World::new();
+    std::fs::write(w.state().join("hang"), "1").unwrap();
+    let job = w.forge.queue_job(REPO, &[], "echo ran");
+    let mut p = w.orchestrator(
+        &["-n", "1", "-R", "krunvm"],
+        &["-r", "1", "--boot-timeout", "2", "-u", "root"],
+    );
+    let st = p.finish(Duration::from_secs(60));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(log.contains("--boot-timeout 2s"), "{log}");
+    assert_eq!(w.forge.stats().jit_configs, 2, "{log}");
+    assert!(
+        w.forge.stats().deletions >= 1,
+        "the hung VM's runner was not deleted\n{log}"
+    );
+    assert!(w.forge.runners().is_empty(), "{log}");
+    assert_eq!(
+        w.forge
+            .jobs()
+            .into_iter()
+            .find(|j| j.id == job)
+            .unwrap()
+            .exit_code,
+        Some(0),
+        "{log}"
+    );
+    assert!(w.env_roots().is_empty() && w.vms().is_empty(), "{log}");
+    assert!(w.wait_no_processes(Duration::from_secs(5)).is_empty());
+}
+
+/// Two orchestrators with one prefix cannot run at once.
+#[test]
+fn one_orchestrator_per_prefix() {
+    let w = World::new();
+    let p = w.orchestrator(&["-n", "1", "-R", "krunvm"], &["-u", "root"]);
+    w.wait_for("a runner online", Duration::from_secs(30), &p, || {
+        w.forge.runners().iter().any(|r| r.status == "online")
+    });
+    let out = w
+        .command("orchestrator")
+        .args(["-R", "krunvm", "--", "-T", "x", "-p", "a/b"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another orchestrator with prefix \"GH-runner\" is running"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("pid {}", p.pid())), "{err}");
+}
