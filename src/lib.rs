@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod cli;
 pub mod forge;
+pub mod image;
 pub mod localforge;
 pub mod logging;
 pub mod orchestrator;

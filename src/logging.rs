@@ -5,6 +5,9 @@ use std::path::Path;
 
 use tracing_subscriber::EnvFilter;
 
+/// Set when logs go to a file (then errors are also written there).
+static TO_FILE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Install the global subscriber. `who` prefixes every line (`orchestrator`, `runner 3`).
 pub fn init(verbose: u8, file: Option<&Path>, who: &str) -> std::io::Result<()> {
     let level = match verbose {
@@ -76,6 +79,9 @@ pub fn report(who: &str, err: &(dyn std::error::Error + 'static)) {
     while let Some(e) = src {
         eprintln!("{who}:   caused by: {e}");
         src = e.source();
+    }
+    if !TO_FILE.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
     }
     tracing::error!("{}", {
         let mut s = err.to_string();

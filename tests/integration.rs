@@ -7,3 +7,4 @@ mod common;
 mod handshake;
 mod lifecycle;
 mod loop_e2e;
+mod qemu;

@@ -15,6 +15,7 @@
 //! hostile input: [`safefs`] never follows a link, never blocks, and reads little.
 
 pub mod envfile;
+pub mod init;
 pub mod safefs;
 pub mod secret;
 pub mod version;

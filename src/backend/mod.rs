@@ -7,6 +7,7 @@
 
 mod krunvm;
 mod podman;
+pub mod qemu;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -66,6 +67,9 @@ pub enum BackendError {
     /// A tool could not be run.
     #[error("cannot run {0}")]
     Spawn(String, #[source] std::io::Error),
+    /// The image (a QEMU bundle) is unusable.
+    #[error("-i {0}: {1}")]
+    Image(PathBuf, String),
 }
 
 const BUILDAH_HINT: &str =
@@ -76,12 +80,14 @@ const PODMAN_HINT: &str =
 const KRUN_HINT: &str = "podman needs the krun runtime: install crun built with libkrun (Fedora: dnf install crun-krun), so that `krun` is on PATH or `crun --version` shows +LIBKRUN";
 
 /// A microVM runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Backend {
     /// `buildah unshare krunvm …`.
     Krunvm,
     /// `podman run --runtime krun …`.
     Podman,
+    /// `qemu-system-x86_64 -M microvm …` with a kernel + initramfs bundle.
+    Qemu(qemu::Qemu),
 }
 
 fn need(tool: &'static str, hint: &'static str) -> Result<(), BackendError> {
@@ -103,9 +109,14 @@ fn has_krun() -> bool {
 }
 
 impl Backend {
-    /// The forced runtime after checking its tools, or the first available one.
-    pub fn detect(forced: Option<Runtime>) -> Result<Backend, BackendError> {
+    /// The forced runtime after checking its tools, or the first available one
+    /// (podman with krun, krunvm, QEMU).
+    pub fn detect(
+        forced: Option<Runtime>,
+        qemu: &qemu::QemuConfig,
+    ) -> Result<Backend, BackendError> {
         match forced {
+            Some(Runtime::Qemu) => Ok(Backend::Qemu(qemu::Qemu::new(qemu.clone())?)),
             Some(Runtime::Krunvm) => {
                 need("buildah", BUILDAH_HINT)?;
                 need("krunvm", KRUNVM_HINT)?;
@@ -130,15 +141,16 @@ impl Backend {
     }
 
     /// The runtime this backend implements.
-    pub fn runtime(self) -> Runtime {
+    pub fn runtime(&self) -> Runtime {
         match self {
             Backend::Krunvm => Runtime::Krunvm,
             Backend::Podman => Runtime::Podman,
+            Backend::Qemu(_) => Runtime::Qemu,
         }
     }
 
     /// Make sure the image is available locally (pulls it when missing).
-    pub async fn prepare(self, image: &str) -> Result<(), BackendError> {
+    pub async fn prepare(&self, image: &str) -> Result<(), BackendError> {
         let (tool, check, pull): (&str, Vec<&str>, Vec<&str>) = match self {
             Backend::Krunvm => (
                 "buildah",
@@ -150,6 +162,7 @@ impl Backend {
                 vec!["image", "exists", image],
                 vec!["pull", image],
             ),
+            Backend::Qemu(q) => return q.prepare(image).await,
         };
         if output(tool, &check).await.is_ok() {
             return Ok(());
@@ -159,28 +172,72 @@ impl Backend {
     }
 
     /// Create the VM (krunvm keeps a definition; podman creates at start).
-    pub async fn create(self, spec: &VmSpec) -> Result<(), BackendError> {
+    pub async fn create(&self, spec: &VmSpec) -> Result<(), BackendError> {
         match self {
             Backend::Krunvm => krunvm::create(spec).await,
             Backend::Podman => Ok(()),
+            Backend::Qemu(q) => q.create(spec),
         }
     }
 
     /// Start the VM; the returned child lives as long as the VM.
-    pub fn start(self, spec: &VmSpec) -> Result<Child, BackendError> {
-        let (program, args) = match self {
-            Backend::Krunvm => krunvm::start_argv(spec),
-            Backend::Podman => podman::run_argv(spec),
+    pub fn start(&self, spec: &VmSpec) -> Result<Child, BackendError> {
+        let (program, args): (PathBuf, Vec<String>) = match self {
+            Backend::Krunvm => {
+                let (p, a) = krunvm::start_argv(spec);
+                (p.into(), a)
+            }
+            Backend::Podman => {
+                let (p, a) = podman::run_argv(spec);
+                (p.into(), a)
+            }
+            Backend::Qemu(q) => q.argv(spec)?,
         };
-        let mut cmd = Command::new(program);
+        let mut cmd = Command::new(&program);
         cmd.args(&args).stdin(Stdio::null()).kill_on_drop(true);
+        if let Backend::Qemu(q) = self {
+            // QEMU's own messages; the guest console goes to console.log beside it.
+            let log = q.console_path(&spec.name).with_file_name("qemu.log");
+            let f = std::fs::File::create(&log)
+                .map_err(|e| BackendError::Spawn(log.display().to_string(), e))?;
+            cmd.stdout(Stdio::null()).stderr(f);
+        }
         scrub(&mut cmd);
         supervised(&mut cmd);
-        cmd.spawn().map_err(|e| spawn_error(program, e))
+        let name = program
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("backend")
+            .to_string();
+        cmd.spawn().map_err(|e| spawn_error(&name, e))
+    }
+
+    /// What the backend process's exit status says: (success, description).
+    pub fn describe_exit(&self, st: &std::process::ExitStatus) -> (bool, String) {
+        match self {
+            Backend::Qemu(_) => qemu::describe_exit(st),
+            _ => (st.success(), st.to_string()),
+        }
+    }
+
+    /// Has the VM's boot visibly stalled (QEMU: no sign of init on the console)?
+    pub fn boot_stalled(&self, name: &str, elapsed: std::time::Duration) -> bool {
+        match self {
+            Backend::Qemu(q) => q.boot_stalled(name, elapsed),
+            _ => false,
+        }
+    }
+
+    /// The tail of the VM's console, when the backend keeps one.
+    pub fn console_tail(&self, name: &str) -> Option<String> {
+        match self {
+            Backend::Qemu(q) => q.console_tail(name, 25),
+            _ => None,
+        }
     }
 
     /// Stop the VM now: kill the supervised process group and the VM itself.
-    pub async fn force_stop(self, name: &str, child: &mut Child) {
+    pub async fn force_stop(&self, name: &str, child: &mut Child) {
         if let Some(pid) = child.id() {
             let _ = nix::sys::signal::killpg(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -188,24 +245,26 @@ impl Backend {
             );
         }
         let _ = child.kill().await;
-        if self == Backend::Podman {
+        if matches!(self, Backend::Podman) {
             let _ = output("podman", &["rm", "-f", "-t", "0", name]).await;
         }
     }
 
     /// Remove the VM's definition (missing is fine).
-    pub async fn delete(self, name: &str) -> Result<(), BackendError> {
+    pub async fn delete(&self, name: &str) -> Result<(), BackendError> {
         match self {
             Backend::Krunvm => krunvm::delete(name).await,
             Backend::Podman => podman::remove(name).await,
+            Backend::Qemu(q) => q.delete(name),
         }
     }
 
     /// Names of the VMs whose name starts with `<prefix>-`.
-    pub async fn list(self, prefix: &str) -> Result<Vec<String>, BackendError> {
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
         let all = match self {
             Backend::Krunvm => krunvm::list().await?,
             Backend::Podman => podman::list(prefix).await?,
+            Backend::Qemu(q) => q.list(),
         };
         let p = format!("{prefix}-");
         Ok(all.into_iter().filter(|n| n.starts_with(&p)).collect())
@@ -243,6 +302,7 @@ pub fn supervised(cmd: &mut Command) {
 }
 
 fn spawn_error(program: &str, e: std::io::Error) -> BackendError {
+    let program = program.rsplit('/').next().unwrap_or(program);
     match (e.kind(), program) {
         (std::io::ErrorKind::NotFound, "buildah") => BackendError::Missing {
             tool: "buildah",

@@ -20,6 +20,15 @@ fn main() -> ExitCode {
         eprintln!("orchestrator: error: cannot open the log file given with -l: {e}");
         return ExitCode::from(2);
     }
+    if let Some(command) = cli.command {
+        return match ghrm::orchestrator::subcommand(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                logging::report("orchestrator", &e);
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
     match ghrm::orchestrator::main(cli, verbose) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

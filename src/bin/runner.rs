@@ -8,6 +8,18 @@ use ghrm::logging;
 use ghrm::runner::{config::RunnerConfig, stop_on_signals, Loop, RunnerError};
 
 fn main() -> ExitCode {
+    // Hidden helper of QEMU `--net-forward`: one process per guest connection.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--net-connect") {
+        return match argv.get(2).map(|t| ghrm::backend::qemu::net_connect(t)) {
+            Some(Ok(())) => ExitCode::SUCCESS,
+            Some(Err(e)) => {
+                eprintln!("runner --net-connect: {e}");
+                ExitCode::from(1)
+            }
+            None => ExitCode::from(2),
+        };
+    }
     // A .env in the working directory fills in what neither command line nor environment set.
     let _ = dotenvy::dotenv();
     let cli = match RunnerCli::try_parse() {

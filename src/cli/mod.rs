@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::forge::ScopeKind;
 
@@ -15,6 +15,8 @@ pub enum Runtime {
     Krunvm,
     /// `podman run --runtime krun …` (libkrun through crun).
     Podman,
+    /// `qemu-system-x86_64 -M microvm` booting a bundle (`orchestrator image bundle`).
+    Qemu,
 }
 
 impl Runtime {
@@ -23,6 +25,7 @@ impl Runtime {
         match self {
             Runtime::Krunvm => "krunvm",
             Runtime::Podman => "podman",
+            Runtime::Qemu => "qemu",
         }
     }
 }
@@ -39,7 +42,9 @@ fn parse_runtime(s: &str) -> Result<RuntimeChoice, String> {
     Runtime::from_str(s, true)
         .map(|r| RuntimeChoice(Some(r)))
         .map_err(|_| {
-            format!("unknown runtime {s:?}: use krunvm or podman, or leave it empty to detect")
+            format!(
+                "unknown runtime {s:?}: use krunvm, podman or qemu, or leave it empty to detect"
+            )
         })
 }
 
@@ -159,7 +164,7 @@ pub struct RunnerOpts {
     /// Iterations (jobs) before the loop ends; -1 = forever.
     #[arg(short = 'r', long = "repeat", env = "RUNNER_REPEAT", default_value_t = -1, allow_negative_numbers = true)]
     pub repeat: i64,
-    /// Runtime: krunvm or podman; empty = the first available (podman with krun, then krunvm).
+    /// Runtime: krunvm, podman or qemu; empty = the first available (podman with krun, krunvm, qemu).
     #[arg(short = 'R', long = "runtime", env = "RUNNER_RUNTIME", default_value = "", value_parser = parse_runtime)]
     pub runtime: RuntimeChoice,
     /// Registration scope.
@@ -217,6 +222,29 @@ pub struct RunnerOpts {
     #[arg(long = "boot-timeout", env = "RUNNER_BOOT_TIMEOUT", default_value_t = 300, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub boot_timeout: u64,
+    /// QEMU: accelerator; auto uses KVM only when a probe guest really boots with it.
+    #[arg(
+        long = "accel",
+        env = "RUNNER_ACCEL",
+        default_value = "auto",
+        value_enum
+    )]
+    pub accel: crate::backend::qemu::Accel,
+    /// QEMU: user networking, or restricted (restrict=on: only --net-forward targets).
+    #[arg(long = "net", env = "RUNNER_NET", default_value = "user", value_enum)]
+    pub net: crate::backend::qemu::NetMode,
+    /// QEMU: carry guest connections to GUEST_IP:PORT to HOST:PORT, repeatable
+    /// (RUNNER_NET_FORWARD: newline-separated).
+    #[arg(
+        long = "net-forward",
+        env = "RUNNER_NET_FORWARD",
+        value_delimiter = '\n',
+        value_name = "GUEST_IP:PORT=HOST:PORT"
+    )]
+    pub net_forward: Vec<String>,
+    /// QEMU: kernel to boot instead of the bundle's.
+    #[arg(long = "kernel", env = "RUNNER_KERNEL", value_name = "VMLINUZ")]
+    pub kernel: Option<PathBuf>,
 }
 
 const ORCH_AFTER: &str = "\
@@ -268,7 +296,7 @@ pub struct OrchestratorCli {
         value_name = "FILE"
     )]
     pub log: Option<PathBuf>,
-    /// Runtime passed to the loops: krunvm or podman; empty = detect.
+    /// Runtime passed to the loops: krunvm, podman or qemu; empty = detect.
     #[arg(short = 'R', long = "runtime", env = "ORCHESTRATOR_RUNTIME", default_value = "", value_parser = parse_runtime)]
     pub runtime: RuntimeChoice,
     /// More output; repeat for more (ORCHESTRATOR_VERBOSE: a number).
@@ -277,6 +305,47 @@ pub struct OrchestratorCli {
     /// Arguments for every runner loop.
     #[arg(last = true, value_name = "RUNNER_ARGS")]
     pub runner_args: Vec<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands of `orchestrator`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Guest images: build QEMU bundles.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `orchestrator image …`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a bootable QEMU bundle: kernel + initramfs with the entrypoint as /init,
+    /// busybox, the needed modules, a runner user and the actions runner.
+    Bundle(BundleArgs),
+}
+
+/// `orchestrator image bundle`.
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// Kernel image (vmlinuz, bzImage).
+    #[arg(long, value_name = "VMLINUZ")]
+    pub kernel: PathBuf,
+    /// The kernel's modules: /lib/modules/<version>.
+    #[arg(long, value_name = "LIB_MODULES_DIR")]
+    pub modules: PathBuf,
+    /// A static busybox (Debian/Ubuntu: busybox-static's /bin/busybox).
+    #[arg(long, value_name = "STATIC_BUSYBOX")]
+    pub busybox: PathBuf,
+    /// The actions runner: actions-runner-linux-<arch>-<version>.tar.gz.
+    #[arg(long, value_name = "ACTIONS_RUNNER_TGZ")]
+    pub runner_tarball: PathBuf,
+    /// Output directory (created).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Static entrypoint (default: the `entrypoint` beside this executable).
+    #[arg(long, value_name = "PATH")]
+    pub entrypoint: Option<PathBuf>,
 }
 
 /// Verbosity from `-v` count plus a numeric environment variable.

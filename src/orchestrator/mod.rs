@@ -48,6 +48,9 @@ pub enum OrchestratorError {
     /// Loops were given up.
     #[error("{0}")]
     LoopsFailed(String),
+    /// Building an image failed.
+    #[error("cannot build the image")]
+    Image(#[source] crate::image::ImageError),
 }
 
 impl OrchestratorError {
@@ -138,7 +141,7 @@ fn lock(tmp: &Path, prefix: &str) -> Result<Flock<std::fs::File>, OrchestratorEr
 }
 
 /// Remove environment roots and VMs that a dead orchestrator of `prefix` left.
-async fn sweep(tmp: &Path, prefix: &str, backend: Backend) {
+async fn sweep(tmp: &Path, prefix: &str, backend: &Backend) {
     if let Ok(entries) = std::fs::read_dir(tmp) {
         for e in entries.flatten() {
             let name = e.file_name();
@@ -213,6 +216,49 @@ impl Launcher {
     }
 }
 
+/// Run a subcommand.
+pub fn subcommand(command: crate::cli::Command) -> Result<(), OrchestratorError> {
+    use crate::cli::{Command, ImageCommand};
+    match command {
+        Command::Image(ImageCommand::Bundle(a)) => {
+            let entrypoint = match a.entrypoint {
+                Some(e) => e,
+                None => beside_me("entrypoint")
+                    .ok_or_else(|| OrchestratorError::Usage("no entrypoint beside this executable: build it with scripts/build.sh or give --entrypoint".into()))?,
+            };
+            let inputs = crate::image::BundleInputs {
+                kernel: a.kernel,
+                modules: a.modules,
+                busybox: a.busybox,
+                runner_tarball: a.runner_tarball,
+                entrypoint,
+                out: a.out.clone(),
+            };
+            let info = crate::image::bundle(&inputs).map_err(|e| match e {
+                crate::image::ImageError::Write(..) => OrchestratorError::Image(e),
+                other => OrchestratorError::Usage(other.to_string()),
+            })?;
+            println!(
+                "bundle {}: kernel {}, actions runner {}, {} modules; boot it with: runner -R qemu -i {}",
+                a.out.display(),
+                info.kernel_release,
+                info.runner_version,
+                info.modules.len(),
+                a.out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `name` beside the running executable, if it is there.
+pub fn beside_me(name: &str) -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .map(|e| e.with_file_name(name))
+        .filter(|p| p.is_file())
+}
+
 /// Run the orchestrator.
 pub fn main(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -253,12 +299,12 @@ async fn run(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError>
     })?;
     let rcfg = RunnerConfig::from_opts(&parsed.opts, &[], Some(prefix.clone()), None)
         .map_err(|e| OrchestratorError::Usage(format!("in the runner arguments after --: {e}")))?;
-    let backend = Backend::detect(rcfg.runtime)?;
+    let backend = Backend::detect(rcfg.runtime, &rcfg.qemu)?;
     let (args, pat, secret) = args::extract_secrets(&cli.runner_args);
 
     let tmp = std::env::temp_dir();
     let _lock = lock(&tmp, &prefix)?;
-    sweep(&tmp, &prefix, backend).await;
+    sweep(&tmp, &prefix, &backend).await;
 
     let root = match isolation {
         true => {
@@ -278,7 +324,7 @@ async fn run(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError>
         isolation,
         root.as_deref(),
         &rcfg,
-        backend,
+        &backend,
         args,
         pat,
         secret,
@@ -307,7 +353,7 @@ async fn supervise(
     isolation: bool,
     root: Option<&Path>,
     rcfg: &RunnerConfig,
-    backend: Backend,
+    backend: &Backend,
     args: Vec<String>,
     pat: Option<String>,
     secret: Option<String>,

@@ -110,6 +110,8 @@ pub struct RunnerConfig {
     pub boot_timeout: u64,
     /// Verbosity.
     pub verbose: u8,
+    /// QEMU settings.
+    pub qemu: crate::backend::qemu::QemuConfig,
 }
 
 impl RunnerConfig {
@@ -250,7 +252,25 @@ impl RunnerConfig {
                 Some((host, g.trim_end_matches('/').to_string()))
             }
         };
+        let forwards = o
+            .net_forward
+            .iter()
+            .filter(|f| !f.trim().is_empty())
+            .map(|f| crate::backend::qemu::Forward::parse(f.trim()).map_err(ConfigError))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(k) = &o.kernel {
+            if !k.is_file() {
+                return err(format!("--kernel {}: no such file", k.display()));
+            }
+        }
+        let qemu = crate::backend::qemu::QemuConfig {
+            accel: o.accel,
+            net: o.net,
+            forwards,
+            kernel: o.kernel.clone(),
+        };
         Ok(RunnerConfig {
+            qemu,
             prefix,
             loop_id,
             environment: environment.filter(|e| !e.is_empty()).map(PathBuf::from),

@@ -103,7 +103,7 @@ impl Loop {
         isolation: bool,
         stop: watch::Receiver<bool>,
     ) -> Result<Loop, RunnerError> {
-        let backend = Backend::detect(cfg.runtime)?;
+        let backend = Backend::detect(cfg.runtime, &cfg.qemu)?;
         let forge = Forge::with_pat(cfg.endpoints.clone(), cfg.scope, &cfg.principal, &cfg.pat)?;
         let group_id = forge.resolve_group(&cfg.group).await?;
         let (dir, own) = match (&cfg.environment, isolation) {
@@ -376,6 +376,17 @@ impl Loop {
                     "runner {name} is up"
                 );
             }
+            if !ready && self.backend.boot_stalled(name, started.elapsed()) {
+                warn!("VM {name} shows no sign of its init after {}s (a silent boot hang): killing it and retrying", started.elapsed().as_secs());
+                self.backend.force_stop(name, &mut child).await;
+                let _ = child.wait().await;
+                self.last_exit = Some(Instant::now());
+                return Ok(Iteration {
+                    ready: false,
+                    end: false,
+                    failure: Some(format!("VM {name} hung at boot")),
+                });
+            }
             if !ready && Instant::now() >= boot_deadline {
                 warn!(
                     "VM {name} wrote no ready mark within --boot-timeout {}s: killing it",
@@ -387,7 +398,14 @@ impl Loop {
                 return Ok(Iteration {
                     ready: false,
                     end: false,
-                    failure: Some(format!("boot timeout ({}s)", self.cfg.boot_timeout)),
+                    failure: Some(format!(
+                        "boot timeout ({}s){}",
+                        self.cfg.boot_timeout,
+                        self.backend
+                            .console_tail(name)
+                            .map(|t| format!("; its console ended with:\n{t}"))
+                            .unwrap_or_default()
+                    )),
                 });
             }
             let why = if self.stopping() {
@@ -410,9 +428,10 @@ impl Loop {
             ready = true;
         }
         let mut end = drained;
-        match &status {
-            Some(st) if st.success() => info!("VM {name} exited"),
-            Some(st) => warn!("VM {name} exited with {st}"),
+        let exit = status.as_ref().map(|st| self.backend.describe_exit(st));
+        match &exit {
+            Some((true, what)) => info!("VM {name} exited ({what})"),
+            Some((false, what)) => warn!("VM {name} exited ({what})"),
             None => warn!("VM {name}: exit status unknown"),
         }
         if let Some(dir) = &self.dir {
@@ -430,9 +449,12 @@ impl Loop {
                 Err(e) => warn!("ignoring .brk: {e}"),
             }
         }
-        let failure = (!ready && !drained).then(|| match status {
-            Some(st) => format!("VM {name} exited ({st}) before its runner was up"),
-            None => format!("VM {name} ended before its runner was up"),
+        let failure = (!ready && !drained).then(|| {
+            let what = exit.map(|(_, w)| w).unwrap_or_else(|| "status unknown".into());
+            match self.backend.console_tail(name) {
+                Some(tail) => format!("VM {name} exited ({what}) before its runner was up; its console ended with:\n{tail}"),
+                None => format!("VM {name} exited ({what}) before its runner was up"),
+            }
         });
         Ok(Iteration {
             ready,

@@ -294,3 +294,63 @@ for f in "$D"/* "$D"/.[!.]*; do [ -f "$f" ] && { echo "== $f"; cat "$f"; echo; }
 echo facts-done
 "#
 }
+
+/// A QEMU bundle built once per test run from the cached Debian kernel
+/// (`scripts/fetch-kernel.sh`), busybox-static and the fake runner.
+pub fn qemu_bundle() -> PathBuf {
+    static BUNDLE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUNDLE
+        .get_or_init(|| {
+            let target = bin("runner").parent().unwrap().to_path_buf();
+            let out = target.join("test-bundle");
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-kernel.sh");
+            let kernel = Command::new(&script)
+                .output()
+                .expect("run scripts/fetch-kernel.sh");
+            assert!(
+                kernel.status.success(),
+                "scripts/fetch-kernel.sh failed: {}",
+                String::from_utf8_lossy(&kernel.stderr)
+            );
+            let kdir = PathBuf::from(String::from_utf8_lossy(&kernel.stdout).trim());
+            let busybox = PathBuf::from("/bin/busybox");
+            assert!(
+                busybox.is_file(),
+                "/bin/busybox missing: install busybox-static (scripts/install-deps.sh does)"
+            );
+            let work = tempfile::tempdir().unwrap();
+            let tgz = ghrm::image::fake_runner_tarball(
+                &bin("fake-runner-listener"),
+                work.path(),
+                "2.330.0",
+            )
+            .unwrap();
+            let out_status = Command::new(bin("orchestrator"))
+                .args(["image", "bundle", "--kernel"])
+                .arg(kdir.join("vmlinuz"))
+                .arg("--modules")
+                .arg(kdir.join("modules"))
+                .arg("--busybox")
+                .arg(&busybox)
+                .arg("--runner-tarball")
+                .arg(&tgz)
+                .arg("--out")
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(
+                out_status.status.success(),
+                "image bundle failed: {}",
+                String::from_utf8_lossy(&out_status.stderr)
+            );
+            out
+        })
+        .clone()
+}
+
+/// The kernel release inside the test bundle.
+pub fn bundle_release(bundle: &Path) -> String {
+    ghrm::image::BundleInfo::load(bundle)
+        .unwrap()
+        .kernel_release
+}

@@ -300,6 +300,7 @@ fn runner_command(
 enum StopReason {
     Signal(Signal),
     Trm,
+    PowerButton,
 }
 
 struct Supervisor<'a> {
@@ -390,7 +391,7 @@ fn status_code(ws: WaitStatus) -> Option<u8> {
     }
 }
 
-fn run() -> Result<u8, (u8, String)> {
+fn run(buttons: Vec<std::os::fd::OwnedFd>) -> Result<u8, (u8, String)> {
     let setup = |e: String| (SETUP_FAILED, e);
     let args = parse_args().map_err(|e| (2, e))?;
 
@@ -524,13 +525,29 @@ fn run() -> Result<u8, (u8, String)> {
     sup.check_trm();
     let status = loop {
         let timeout = PollTimeout::try_from(TICK).unwrap_or(PollTimeout::MAX);
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
             PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
         ];
+        fds.extend(
+            buttons
+                .iter()
+                .map(|b| PollFd::new(b.as_fd(), PollFlags::POLLIN)),
+        );
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(setup(format!("poll: {e}"))),
+        }
+        let pressed = fds[2..]
+            .iter()
+            .any(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)));
+        if pressed {
+            // The ACPI power button (QMP system_powerdown): drain the events, then stop.
+            let mut buf = [0u8; 256];
+            for b in &buttons {
+                while nix::unistd::read(b, &mut buf).is_ok_and(|n| n > 0) {}
+            }
+            sup.request_stop(StopReason::PowerButton);
         }
         while let Ok(Some(info)) = sfd.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
@@ -573,16 +590,47 @@ fn run() -> Result<u8, (u8, String)> {
 }
 
 fn main() -> ExitCode {
-    // An entrypoint that is not PID 1 still reaps the job's orphans.
-    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes no pointers.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
-    }
-    match run() {
-        Ok(code) => ExitCode::from(code),
-        Err((code, msg)) => {
-            log!("error: {msg}");
-            ExitCode::from(code)
+    // As PID 1 of an initramfs guest (QEMU), do init's work first and never exit:
+    // PID 1 exiting panics the kernel. Otherwise just reap the job's orphans.
+    let pid1 = std::process::id() == 1;
+    let mut buttons = vec![];
+    if pid1 {
+        match protocol::init::setup() {
+            Ok(init) => {
+                for n in &init.notes {
+                    log!("init: {n}");
+                }
+                buttons = init.power_button;
+                // `--accel auto` probes KVM by booting with ghrm.probe=1.
+                let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+                if protocol::init::cmdline_keys(&cmdline)
+                    .iter()
+                    .any(|(k, v)| k == "probe" && v == "1")
+                {
+                    log!("init: probe boot complete");
+                    protocol::init::power_off(0);
+                }
+            }
+            Err(e) => {
+                log!("error: init: {e}");
+                protocol::init::power_off(SETUP_FAILED);
+            }
+        }
+    } else {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes no pointers.
+        unsafe {
+            libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
         }
     }
+    let code = match run(buttons) {
+        Ok(code) => code,
+        Err((code, msg)) => {
+            log!("error: {msg}");
+            code
+        }
+    };
+    if pid1 {
+        protocol::init::power_off(code);
+    }
+    ExitCode::from(code)
 }

@@ -1,0 +1,480 @@
+//! QEMU `-M microvm` (design.md §6): kernel + initramfs from a bundle, the loop
+//! directory over virtio-9p (`security_model=mapped-xattr`: a guest's symlinks and
+//! FIFOs land on the host as regular files), user networking (optionally
+//! `restrict=on` with explicit forwards), the console in a per-VM log file, QMP,
+//! and the guest's exit status through isa-debug-exit (QEMU exits `2 * status + 1`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::image::BundleInfo;
+
+use super::{BackendError, VmSpec};
+
+/// `--accel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM when a probe guest really boots with it, else TCG (with a warning).
+    Auto,
+    /// KVM.
+    Kvm,
+    /// Software emulation (slow; for hosts without usable KVM, and CI).
+    Tcg,
+}
+
+/// `--net`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetMode {
+    /// QEMU user networking: the guest reaches what the host reaches.
+    User,
+    /// User networking with `restrict=on`: only the `--net-forward` targets.
+    Restricted,
+}
+
+/// `--net-forward GUEST_IP:PORT=HOST:PORT`: guest connections to GUEST_IP:PORT are
+/// carried to HOST:PORT (one helper process per connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Guest-side address.
+    pub guest: (std::net::Ipv4Addr, u16),
+    /// Host-side `host:port`.
+    pub host: String,
+}
+
+impl Forward {
+    /// Parse one `--net-forward` value.
+    pub fn parse(s: &str) -> Result<Forward, String> {
+        let bad = || {
+            format!("--net-forward {s:?}: expected GUEST_IP:PORT=HOST:PORT, e.g. 10.0.2.100:80=127.0.0.1:8080")
+        };
+        let (g, h) = s.split_once('=').ok_or_else(bad)?;
+        let (gip, gport) = g.rsplit_once(':').ok_or_else(bad)?;
+        let gip: std::net::Ipv4Addr = gip.parse().map_err(|_| bad())?;
+        let gport: u16 = gport.parse().map_err(|_| bad())?;
+        let (hhost, hport) = h.rsplit_once(':').ok_or_else(bad)?;
+        if hhost.is_empty() || hport.parse::<u16>().is_err() || h.contains(',') {
+            return Err(bad());
+        }
+        Ok(Forward {
+            guest: (gip, gport),
+            host: h.to_string(),
+        })
+    }
+}
+
+/// QEMU settings of a loop.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// Accelerator choice.
+    pub accel: Accel,
+    /// Network mode.
+    pub net: NetMode,
+    /// Forwards.
+    pub forwards: Vec<Forward>,
+    /// Kernel overriding the bundle's.
+    pub kernel: Option<PathBuf>,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            accel: Accel::Auto,
+            net: NetMode::User,
+            forwards: vec![],
+            kernel: None,
+        }
+    }
+}
+
+/// The QEMU backend of one loop.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    cfg: QemuConfig,
+    binary: PathBuf,
+    /// Resolved accelerator (auto is probed in `prepare`).
+    kvm: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// `<state>/<name>/` holds console.log, qemu.log, qmp.sock.
+    state: PathBuf,
+    /// This executable, for `--net-connect` forwards.
+    helper: PathBuf,
+}
+
+/// Guest-visible virtio-mmio devices are limited on microvm.
+const MAX_SHARES: usize = 6;
+
+/// Where QEMU VMs of this host keep their per-VM files.
+pub fn state_root() -> PathBuf {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("gh-runner-microvm-qemu.{uid}"))
+}
+
+impl Qemu {
+    /// Check that QEMU is installed.
+    pub fn new(cfg: QemuConfig) -> Result<Qemu, BackendError> {
+        let binary = which::which("qemu-system-x86_64").map_err(|_| BackendError::Missing {
+            tool: "qemu-system-x86_64",
+            hint: "install QEMU (Debian/Ubuntu: apt-get install qemu-system-x86; Fedora: dnf install qemu-system-x86-core)",
+        })?;
+        let helper =
+            std::env::current_exe().map_err(|e| BackendError::Spawn("current_exe".into(), e))?;
+        let state = state_root();
+        let _ = protocol::safefs::create_private_dir(&state);
+        Ok(Qemu {
+            kvm: Default::default(),
+            cfg,
+            binary,
+            state,
+            helper,
+        })
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.state.join(name)
+    }
+
+    fn uses_kvm(&self) -> bool {
+        self.kvm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn kernel_initrd(&self, image: &Path) -> Result<(PathBuf, PathBuf), BackendError> {
+        let info = BundleInfo::load(image).map_err(|e| BackendError::Image(image.into(), e))?;
+        let kernel = self
+            .cfg
+            .kernel
+            .clone()
+            .unwrap_or_else(|| image.join(&info.kernel));
+        Ok((kernel, image.join(&info.initrd)))
+    }
+
+    /// Check the bundle and settle `--accel auto` (probing KVM with a real boot).
+    pub async fn prepare(&self, image: &str) -> Result<(), BackendError> {
+        let (kernel, initrd) = self.kernel_initrd(Path::new(image))?;
+        let kvm = match self.cfg.accel {
+            Accel::Tcg => false,
+            Accel::Kvm => true,
+            Accel::Auto => self.probe_kvm(&kernel, &initrd).await,
+        };
+        self.kvm.store(kvm, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A present /dev/kvm is no proof: boot the bundle with KVM and a short deadline.
+    /// The answer is remembered per kernel and QEMU in the user's cache.
+    async fn probe_kvm(&self, kernel: &Path, initrd: &Path) -> bool {
+        let usable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if !usable {
+            tracing::warn!("/dev/kvm is not usable: using TCG (software emulation, much slower)");
+            return false;
+        }
+        let key = format!("{}|{}", self.binary.display(), kernel.display());
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("gh-runner-microvm/kvm-probe"));
+        if let Some(c) = &cache {
+            if let Ok(text) = std::fs::read_to_string(c) {
+                if let Some(v) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                {
+                    return v == "kvm";
+                }
+            }
+        }
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.args([
+            "-M",
+            "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+        ]);
+        cmd.args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
+        cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
+        cmd.args([
+            "-append",
+            "console=ttyS0 panic=-1 ghrm.probe=1",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ]);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd.kill_on_drop(true);
+        super::supervised(&mut cmd);
+        let ok = match cmd.spawn() {
+            Ok(mut child) => matches!(
+                tokio::time::timeout(Duration::from_secs(20), child.wait()).await,
+                Ok(Ok(st)) if st.code() == Some(1)
+            ),
+            Err(_) => false,
+        };
+        if !ok {
+            tracing::warn!("a KVM guest did not boot on this host (nested or restricted KVM?): using TCG (software emulation, much slower)");
+        }
+        if let Some(c) = &cache {
+            let _ = std::fs::create_dir_all(c.parent().unwrap_or(Path::new("/")));
+            let mut text = std::fs::read_to_string(c).unwrap_or_default();
+            text.push_str(&format!("{key}={}\n", if ok { "kvm" } else { "tcg" }));
+            let _ = std::fs::write(c, text);
+        }
+        ok
+    }
+
+    /// Make the VM's state directory.
+    pub fn create(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        if spec.mounts.len() + usize::from(spec.env_dir.is_some()) > MAX_SHARES {
+            return Err(BackendError::Image(
+                spec.image.clone().into(),
+                format!("QEMU microvm takes at most {MAX_SHARES} shared directories (the loop directory, -M and -D)"),
+            ));
+        }
+        self.kernel_initrd(Path::new(&spec.image))?;
+        let d = self.dir(&spec.name);
+        protocol::safefs::create_private_dir(&d)
+            .map_err(|e| BackendError::Spawn(format!("mkdir {}", d.display()), e))
+    }
+
+    /// The argv of the VM.
+    pub fn argv(&self, spec: &VmSpec) -> Result<(PathBuf, Vec<String>), BackendError> {
+        let (kernel, initrd) = self.kernel_initrd(Path::new(&spec.image))?;
+        let d = self.dir(&spec.name);
+        let mut a: Vec<String> = vec![];
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        if self.uses_kvm() {
+            push(&[
+                "-M",
+                "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=on",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host",
+            ]);
+        } else {
+            // Under TCG pit=off or pic=off hang the guest at TSC calibration.
+            push(&[
+                "-M",
+                "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+                "-accel",
+                "tcg",
+                "-cpu",
+                "max",
+            ]);
+        }
+        push(&[
+            "-m",
+            &spec.memory.to_string(),
+            "-smp",
+            &spec.cpus.to_string(),
+        ]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
+        push(&[
+            "-kernel",
+            &kernel.display().to_string(),
+            "-initrd",
+            &initrd.display().to_string(),
+        ]);
+        let mut cmdline = format!("console=ttyS0 panic=-1 ghrm.net=1 ghrm.dns={}", spec.dns);
+        let mut shares = vec![];
+        if let Some(env) = &spec.env_dir {
+            shares.push((
+                "env".to_string(),
+                env.clone(),
+                protocol::GUEST_ENV_DIR.to_string(),
+                false,
+            ));
+        }
+        for (i, m) in spec.mounts.iter().enumerate() {
+            let ro = m
+                .options
+                .as_deref()
+                .is_some_and(|o| o.split(',').any(|x| x == "ro"));
+            shares.push((format!("m{i}"), m.host.clone(), m.guest.clone(), ro));
+        }
+        for (tag, host, guest, ro) in &shares {
+            cmdline.push_str(&format!(" ghrm.mount={tag}:{guest}"));
+            let ro = if *ro { ",readonly=on" } else { "" };
+            push(&[
+                "-fsdev",
+                &format!(
+                    "local,id={tag},path={},security_model=mapped-xattr{ro}",
+                    host.display()
+                ),
+            ]);
+            push(&[
+                "-device",
+                &format!("virtio-9p-device,fsdev={tag},mount_tag={tag}"),
+            ]);
+        }
+        cmdline.push_str(" --");
+        for arg in &spec.args {
+            cmdline.push(' ');
+            cmdline.push_str(arg);
+        }
+        let mut netdev = "user,id=n0".to_string();
+        if self.cfg.net == NetMode::Restricted {
+            netdev.push_str(",restrict=on");
+        }
+        for f in &self.cfg.forwards {
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:{}:{}-cmd:{} --net-connect {}",
+                f.guest.0,
+                f.guest.1,
+                self.helper.display(),
+                f.host
+            ));
+        }
+        push(&["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0"]);
+        push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        push(&[
+            "-serial",
+            &format!("file:{}", d.join("console.log").display()),
+        ]);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", d.join("qmp.sock").display()),
+        ]);
+        push(&["-append", &cmdline]);
+        Ok((self.binary.clone(), a))
+    }
+
+    /// Remove the VM's state (its process is gone or being killed).
+    pub fn delete(&self, name: &str) -> Result<(), BackendError> {
+        protocol::safefs::remove(&self.dir(name))
+            .map_err(|e| BackendError::Spawn(format!("remove {}", self.dir(name).display()), e))
+    }
+
+    /// VMs with state on this host.
+    pub fn list(&self) -> Vec<String> {
+        std::fs::read_dir(&self.state)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Has the guest's boot stalled? Some TCG boots hang silently before `/init`
+    /// (QEMU microvm notes); a guest whose console shows no line of our init after
+    /// this long is killed and retried rather than waited for until --boot-timeout.
+    pub fn boot_stalled(&self, name: &str, elapsed: Duration) -> bool {
+        let limit = if self.uses_kvm() {
+            Duration::from_secs(15)
+        } else {
+            Duration::from_secs(30)
+        };
+        elapsed >= limit
+            && !std::fs::read(self.console_path(name))
+                .is_ok_and(|c| c.windows(11).any(|w| w == b"entrypoint:"))
+    }
+
+    /// The VM's console log.
+    pub fn console_path(&self, name: &str) -> PathBuf {
+        self.dir(name).join("console.log")
+    }
+
+    /// The last lines of the VM's console.
+    pub fn console_tail(&self, name: &str, lines: usize) -> Option<String> {
+        let text = std::fs::read(self.dir(name).join("console.log")).ok()?;
+        let text = String::from_utf8_lossy(&text);
+        let all: Vec<&str> = text.lines().collect();
+        Some(all[all.len().saturating_sub(lines)..].join("\n"))
+    }
+}
+
+/// What QEMU's exit status says about the guest.
+pub fn describe_exit(st: &std::process::ExitStatus) -> (bool, String) {
+    match st.code() {
+        Some(c) if c % 2 == 1 => {
+            let guest = (c - 1) / 2;
+            (guest == 0, format!("guest exit status {guest}"))
+        }
+        Some(0) => (true, "guest powered off".into()),
+        Some(c) => (false, format!("QEMU failed (exit status {c})")),
+        None => (false, format!("QEMU {st}")),
+    }
+}
+
+/// `runner --net-connect HOST:PORT`: the per-connection helper of a forward.
+/// Copies standard input to the connection and the connection to standard output.
+pub fn net_connect(target: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let stream = std::net::TcpStream::connect(target)?;
+    let mut up = stream.try_clone()?;
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let mut down = stream;
+    let mut out = std::io::stdout().lock();
+    let mut buf = [0u8; 16384];
+    loop {
+        match down.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(t);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_parse() {
+        let f = Forward::parse("10.0.2.100:80=127.0.0.1:8080").unwrap();
+        assert_eq!(f.guest, ("10.0.2.100".parse().unwrap(), 80));
+        assert_eq!(f.host, "127.0.0.1:8080");
+        for bad in [
+            "10.0.2.100:80",
+            "x:80=127.0.0.1:1",
+            "10.0.2.100:80=127.0.0.1",
+            "10.0.2.100:80=a,b:1",
+        ] {
+            assert!(
+                Forward::parse(bad).unwrap_err().contains("--net-forward"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn exit_statuses() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            describe_exit(&std::process::ExitStatus::from_raw(1 << 8)),
+            (true, "guest exit status 0".into())
+        );
+        assert_eq!(
+            describe_exit(&std::process::ExitStatus::from_raw(251 << 8)).1,
+            "guest exit status 125"
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! Real microVMs: QEMU `-M microvm` under TCG (CI has no usable KVM), booting the
+//! bundle made by `orchestrator image bundle`, against the local forge reached
+//! only through `--net restricted` and one forward to loopback.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::common::{bundle_release, facts_script, qemu_bundle, World, PAT, PRELUDE, REPO};
+use ghrm::localforge::JobStatus;
+
+const GUEST_FORGE: &str = "10.0.2.100:80";
+
+fn qemu_args(w: &World, extra: &[&str]) -> Vec<String> {
+    let bundle = qemu_bundle();
+    let port = w.forge.addr().port();
+    w.forge.set_runner_url(&format!("http://{GUEST_FORGE}"));
+    let mut a: Vec<String> = vec![
+        "-i".into(),
+        bundle.display().to_string(),
+        "--accel".into(),
+        "tcg".into(),
+        "--net".into(),
+        "restricted".into(),
+        "--net-forward".into(),
+        format!("{GUEST_FORGE}=127.0.0.1:{port}"),
+        "-m".into(),
+        "512".into(),
+        "-c".into(),
+        "1".into(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn vm_facts() -> String {
+    facts_script()
+        + r#"echo "entrypoint-pid=$(awk '{print $4}' /proc/$PPID/stat)"
+echo "kernel=$(uname -r)"
+echo "user=$(id -u)"
+"#
+}
+
+/// `orchestrator -n 2 -R qemu -- -i <bundle> --accel tcg --net restricted
+/// --net-forward 10.0.2.100:80=127.0.0.1:<port> -g … -p acme/widgets -r 2`:
+/// every job runs inside a VM (the entrypoint is PID 1, the kernel is the bundle's),
+/// as the unprivileged runner user, and nothing is left behind.
+#[test]
+fn qemu_loops_run_every_job_in_a_microvm() {
+    let w = World::new();
+    for _ in 0..4 {
+        w.forge.queue_job(REPO, &["microvm"], &vm_facts());
+    }
+    let args = qemu_args(&w, &["-r", "2"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = w.orchestrator(&["-n", "2", "-R", "qemu"], &args);
+    let st = p.finish(Duration::from_secs(300));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    let release = bundle_release(&qemu_bundle());
+    for j in w.forge.jobs() {
+        assert_eq!(j.status, JobStatus::Completed, "{log}");
+        assert_eq!(j.exit_code, Some(0), "{}\n{log}", j.output);
+        assert_eq!(j.claims, 1);
+        assert!(
+            j.output.contains("entrypoint-pid=1\n"),
+            "not in a VM:\n{}",
+            j.output
+        );
+        assert!(
+            j.output.contains(&format!("kernel={release}\n")),
+            "not the bundle's kernel:\n{}",
+            j.output
+        );
+        assert!(
+            j.output.contains("user=1001\n"),
+            "the job did not run as the runner user:\n{}",
+            j.output
+        );
+        assert!(
+            !j.output.contains("env-file-present="),
+            ".env visible:\n{}",
+            j.output
+        );
+        assert!(
+            !j.output.contains(PAT),
+            "PAT reached the guest:\n{}",
+            j.output
+        );
+    }
+    assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
+    assert!(w.env_roots().is_empty(), "{:?}", w.env_roots());
+    assert!(
+        ghrm_qemu_state(&w).is_empty(),
+        "VM state left: {:?}",
+        ghrm_qemu_state(&w)
+    );
+    let left = w.wait_no_processes(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        !log.contains("VM ") || log.contains("guest exit status 0"),
+        "{log}"
+    );
+}
+
+fn ghrm_qemu_state(w: &World) -> Vec<String> {
+    std::fs::read_dir(w.tmp())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("gh-runner-microvm-qemu.")
+        })
+        .flat_map(|e| {
+            std::fs::read_dir(e.path())
+                .unwrap()
+                .flatten()
+                .map(|x| x.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Across a real VM boundary, as root in the guest: a forged `.brk` and `.trm` are
+/// ignored, a symlink and a FIFO planted through 9p land on the host as regular files
+/// and are harmless, then `-k` drains the busy job within its grace.
+#[test]
+fn qemu_handshake_and_drain_across_the_vm_boundary() {
+    let w = World::new();
+    let victim = w.dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let j1 = w.forge.queue_job(
+        REPO,
+        &[],
+        &format!(
+            "{PRELUDE}echo 0123456789abcdef0123456789abcdef0123 > \"$D/$ID.trm\"\necho forged > \"$D/$ID.brk\"\nsleep 3\nrm -f \"$D/$ID.trm\"\nln -s '{}' \"$D/$ID.trm\"\nmkfifo \"$D/$ID.tkn.fifo\"\necho job1-done",
+            victim.display()
+        ),
+    );
+    let j2 = w.forge.queue_job(REPO, &[], "sleep 20; echo job2-done");
+    let args = qemu_args(&w, &["-u", "root", "-k", "45", "--grace", "60"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
+    let st = p.finish(Duration::from_secs(240));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    let jobs = w.forge.jobs();
+    let first = jobs.iter().find(|j| j.id == j1).unwrap();
+    assert_eq!(
+        first.exit_code,
+        Some(0),
+        "forged .trm stopped the job: {}\n{log}",
+        first.output
+    );
+    assert!(log.contains("does not carry this VM's secret"), "{log}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    let second = jobs.iter().find(|j| j.id == j2).unwrap();
+    assert_eq!(second.status, JobStatus::Completed, "{log}");
+    assert_eq!(
+        second.exit_code,
+        Some(0),
+        "busy job not allowed to finish: {}\n{log}",
+        second.output
+    );
+    assert!(log.contains("a job is running"), "{log}");
+    assert!(
+        w.forge.runners().is_empty() && w.env_roots().is_empty(),
+        "{log}"
+    );
+    assert!(w.wait_no_processes(Duration::from_secs(5)).is_empty());
+}
+
+/// SIGTERM to the orchestrator while a VM runs a job: clean exit, no QEMU left;
+/// then SIGKILL of a second orchestrator: no QEMU survives it either.
+#[test]
+fn qemu_sigterm_and_sigkill_leave_no_vm() {
+    let w = World::new();
+    w.forge.queue_job(REPO, &[], "sleep 120");
+    let args = qemu_args(&w, &["--grace", "2", "-u", "root"]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = w.orchestrator(&["-n", "1", "-R", "qemu"], &a);
+    w.wait_for(
+        "a busy runner in a VM",
+        Duration::from_secs(120),
+        &p,
+        || w.forge.runners().iter().any(|r| r.busy),
+    );
+    p.signal(Signal::SIGTERM);
+    let mut p = p;
+    let st = p.finish(Duration::from_secs(90));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(
+        w.wait_no_processes(Duration::from_secs(10)).is_empty(),
+        "{log}"
+    );
+    assert!(
+        w.forge.runners().is_empty() && w.env_roots().is_empty() && ghrm_qemu_state(&w).is_empty(),
+        "{log}"
+    );
+
+    let p2 = w.orchestrator(&["-n", "1", "-R", "qemu"], &a);
+    w.wait_for(
+        "a runner online in a VM",
+        Duration::from_secs(120),
+        &p2,
+        || w.forge.runners().iter().any(|r| r.status == "online"),
+    );
+    p2.signal(Signal::SIGKILL);
+    let left = w.wait_no_processes(Duration::from_secs(60));
+    assert!(
+        left.is_empty(),
+        "QEMU or loop survived SIGKILL: {left:?}\n{}",
+        p2.log()
+    );
+}
+
+/// A guest that fails at boot (here: no runner in the bundle's install root) is
+/// reported with the tail of its console log.
+#[test]
+fn qemu_guest_failure_is_reported_with_its_console() {
+    let w = World::new();
+    w.forge.queue_job(REPO, &[], "echo never");
+    let mut args = qemu_args(&w, &["-r", "1", "-u", "nobody-here"]);
+    args.push("--boot-timeout".into());
+    args.push("120".into());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = w.spawn(
+        "runner",
+        &[
+            &["-T", PAT, "-g", &w.forge.url(), "-p", REPO, "-R", "qemu"][..],
+            &a,
+        ]
+        .concat(),
+    );
+    // The loop gives up after repeated failures; one is enough to check the report.
+    w.wait_for(
+        "a reported guest failure",
+        Duration::from_secs(120),
+        &p,
+        || p.log().contains("its console ended with"),
+    );
+    let log = p.log();
+    assert!(log.contains("guest exit status 125"), "{log}");
+    assert!(
+        log.contains("user \"nobody-here\" is not in /etc/passwd"),
+        "console tail missing the guest's error:\n{log}"
+    );
+    p.signal(Signal::SIGTERM);
+    let _ = p.finish(Duration::from_secs(60));
+}
