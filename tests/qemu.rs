@@ -123,10 +123,10 @@ fn ghrm_qemu_state(w: &World) -> Vec<String> {
 }
 
 /// Across a real VM boundary, as root in the guest: a forged `.brk` and `.trm` are
-/// ignored, a symlink and a FIFO planted through 9p land on the host as regular files
-/// and are harmless, then `-k` drains the busy job within its grace.
+/// ignored, a symlink and a FIFO planted through 9p are harmless to the host, and a
+/// stop request while a job runs lets that job finish within `--grace`.
 #[test]
-fn qemu_handshake_and_drain_across_the_vm_boundary() {
+fn qemu_handshake_and_busy_drain_across_the_vm_boundary() {
     let w = World::new();
     let victim = w.dir.path().join("victim");
     std::fs::write(&victim, "precious").unwrap();
@@ -138,11 +138,24 @@ fn qemu_handshake_and_drain_across_the_vm_boundary() {
             victim.display()
         ),
     );
-    let j2 = w.forge.queue_job(REPO, &[], "sleep 20; echo job2-done");
-    let args = qemu_args(&w, &["-u", "root", "-k", "45", "--grace", "60"]);
+    let j2 = w.forge.queue_job(REPO, &[], "sleep 10; echo job2-done");
+    let args = qemu_args(&w, &["-u", "root", "--grace", "60"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
-    let st = p.finish(Duration::from_secs(240));
+    let p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
+    w.wait_for(
+        "the second job running",
+        Duration::from_secs(120),
+        &p,
+        || {
+            w.forge
+                .jobs()
+                .iter()
+                .any(|j| j.id == j2 && j.status == JobStatus::InProgress)
+        },
+    );
+    p.signal(Signal::SIGTERM);
+    let mut p = p;
+    let st = p.finish(Duration::from_secs(120));
     let log = p.log();
     assert!(st.success(), "{st}\n{log}");
     let jobs = w.forge.jobs();
@@ -156,7 +169,6 @@ fn qemu_handshake_and_drain_across_the_vm_boundary() {
     assert!(log.contains("does not carry this VM's secret"), "{log}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     let second = jobs.iter().find(|j| j.id == j2).unwrap();
-    assert_eq!(second.status, JobStatus::Completed, "{log}");
     assert_eq!(
         second.exit_code,
         Some(0),
@@ -165,10 +177,34 @@ fn qemu_handshake_and_drain_across_the_vm_boundary() {
     );
     assert!(log.contains("a job is running"), "{log}");
     assert!(
-        w.forge.runners().is_empty() && w.env_roots().is_empty(),
+        w.forge.runners().is_empty() && w.env_roots().is_empty() && ghrm_qemu_state(&w).is_empty(),
         "{log}"
     );
     assert!(w.wait_no_processes(Duration::from_secs(5)).is_empty());
+}
+
+/// `-k` across the VM boundary: an idle runner in a VM is deregistered and its
+/// guest stopped through `.trm` at once.
+#[test]
+fn qemu_lifetime_stops_an_idle_guest_through_trm() {
+    let w = World::new();
+    let args = qemu_args(&w, &["-u", "root", "-k", "15"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t0 = std::time::Instant::now();
+    let mut p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
+    let st = p.finish(Duration::from_secs(120));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(log.contains("idle, stopping now"), "{log}");
+    assert!(
+        !log.contains("did not stop within"),
+        "the guest ignored .trm and was killed\n{log}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(60), "{log}");
+    assert!(
+        w.forge.runners().is_empty() && w.env_roots().is_empty() && ghrm_qemu_state(&w).is_empty(),
+        "{log}"
+    );
 }
 
 /// SIGTERM to the orchestrator while a VM runs a job: clean exit, no QEMU left;

@@ -430,8 +430,9 @@ impl Loop {
         let mut end = drained;
         let exit = status.as_ref().map(|st| self.backend.describe_exit(st));
         match &exit {
-            Some((true, what)) => info!("VM {name} exited ({what})"),
-            Some((false, what)) => warn!("VM {name} exited ({what})"),
+            // A runner deleted under it by the host may exit with an error: expected.
+            Some((ok, what)) if *ok || drained => info!("VM {name} exited ({what})"),
+            Some((_, what)) => warn!("VM {name} exited ({what})"),
             None => warn!("VM {name}: exit status unknown"),
         }
         if let Some(dir) = &self.dir {
