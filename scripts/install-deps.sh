@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Install the system packages the tests need (Debian/Ubuntu). Idempotent; does
-# nothing when everything is present. Needs root or sudo for apt-get.
+# Install what the tests need on a fresh Debian/Ubuntu machine, idempotently:
+# QEMU (qemu-system-x86), a static busybox (busybox-static), and a Debian kernel
+# with its modules for guest bundles (scripts/fetch-kernel.sh, cached).
+# Needs root or sudo for apt-get.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo=()
+[ "$(id -u)" = 0 ] || sudo=(sudo)
 
 need=()
-command -v mkfifo >/dev/null || need+=(coreutils)
-command -v awk >/dev/null || need+=(gawk)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+# The tests use busybox-static's /bin/busybox, not a dynamic busybox.
+if [ ! -x /bin/busybox ] || ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then
+  need+=(busybox-static)
+fi
+command -v file >/dev/null || need+=(file)
 command -v setsid >/dev/null || need+=(util-linux)
+command -v awk >/dev/null || need+=(gawk)
 
 if [ ${#need[@]} -gt 0 ]; then
-  sudo=()
-  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  echo "install-deps: installing ${need[*]}" >&2
   "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}"
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+kernel=$(scripts/fetch-kernel.sh)
+echo "install-deps: kernel for guest bundles in $kernel" >&2

@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod demo;
 pub mod forge;
 pub mod image;
 pub mod localforge;

@@ -44,7 +44,9 @@ pub fn init(verbose: u8, file: Option<&Path>, who: &str) -> std::io::Result<()> 
                 .init();
         }
         None => {
+            use std::io::IsTerminal;
             builder
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_writer(move || Prefixed(who.clone(), None))
                 .init();
         }

@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if let Some(command) = cli.command {
-        return match ghrm::orchestrator::subcommand(command) {
+        return match ghrm::orchestrator::subcommand(command, cli.runners) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 logging::report("orchestrator", &e);

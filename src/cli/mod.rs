@@ -312,6 +312,9 @@ pub struct OrchestratorCli {
 /// Subcommands of `orchestrator`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run everything on this host with no GitHub account: a local forge, a QEMU
+    /// bundle (kernel and busybox fetched with apt-get when missing), N loops, K jobs.
+    Demo(crate::demo::DemoArgs),
     /// Guest images: build QEMU bundles.
     #[command(subcommand)]
     Image(ImageCommand),

@@ -507,11 +507,10 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
         }
         let mode = e.header().mode().unwrap_or(0o644) & 0o7777;
         match e.header().entry_type() {
-            tar::EntryType::Directory => {
-                if made.insert(rel.clone()) {
-                    c.dir(&dest, mode, RUNNER_UID, RUNNER_UID).map_err(w)?
-                }
+            tar::EntryType::Directory if made.insert(rel.clone()) => {
+                c.dir(&dest, mode, RUNNER_UID, RUNNER_UID).map_err(w)?
             }
+            tar::EntryType::Directory => {}
             tar::EntryType::Symlink => {
                 let target = e
                     .link_name()

@@ -48,6 +48,9 @@ pub enum OrchestratorError {
     /// Loops were given up.
     #[error("{0}")]
     LoopsFailed(String),
+    /// The demo failed.
+    #[error("the demo failed")]
+    Demo(#[source] crate::demo::DemoError),
     /// Building an image failed.
     #[error("cannot build the image")]
     Image(#[source] crate::image::ImageError),
@@ -216,10 +219,11 @@ impl Launcher {
     }
 }
 
-/// Run a subcommand.
-pub fn subcommand(command: crate::cli::Command) -> Result<(), OrchestratorError> {
+/// Run a subcommand; `n` is the global `-n`.
+pub fn subcommand(command: crate::cli::Command, n: u32) -> Result<(), OrchestratorError> {
     use crate::cli::{Command, ImageCommand};
     match command {
+        Command::Demo(args) => crate::demo::run(args, n).map_err(OrchestratorError::Demo),
         Command::Image(ImageCommand::Bundle(a)) => {
             let entrypoint = match a.entrypoint {
                 Some(e) => e,

@@ -22,6 +22,8 @@ const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 const MINT_ATTEMPTS: u32 = 3;
 /// How long an idle guest gets to honour `.trm` before the VM is killed.
 const IDLE_STOP_WAIT: Duration = Duration::from_secs(30);
+/// How long a guest that is still booting gets to see `.trm` before it is killed.
+const BOOTING_STOP_WAIT: Duration = Duration::from_secs(2);
 /// Extra time over `--grace` for a busy guest to wind down.
 const BUSY_STOP_MARGIN: Duration = Duration::from_secs(20);
 
@@ -65,6 +67,16 @@ impl RunnerError {
 enum Drain {
     Lifetime,
     Signal,
+}
+
+/// A VM being stopped by the host.
+struct Running<'a> {
+    spec: &'a VmSpec,
+    id: &'a str,
+    secret: &'a str,
+    runner_id: Option<u64>,
+    /// Its runner was up (`.tkn` seen).
+    ready: bool,
 }
 
 /// What one iteration came to.
@@ -418,7 +430,17 @@ impl Loop {
             if let (Some(why), false) = (why, drained) {
                 drained = true;
                 break self
-                    .drain(why, spec, id, secret, runner_id, &mut child)
+                    .drain(
+                        why,
+                        Running {
+                            spec,
+                            id,
+                            secret,
+                            runner_id,
+                            ready,
+                        },
+                        &mut child,
+                    )
                     .await;
             }
         };
@@ -469,12 +491,16 @@ impl Loop {
     async fn drain(
         &self,
         why: Drain,
-        spec: &VmSpec,
-        id: &str,
-        secret: &str,
-        runner_id: Option<u64>,
+        vm: Running<'_>,
         child: &mut tokio::process::Child,
     ) -> Option<std::process::ExitStatus> {
+        let Running {
+            spec,
+            id,
+            secret,
+            runner_id,
+            ready,
+        } = vm;
         let name = &spec.name;
         let busy = match self.lookup(name, runner_id).await {
             Some(rid) => match self.forge.delete_runner(rid).await {
@@ -487,10 +513,12 @@ impl Loop {
             },
             None => false,
         };
-        let wait = match (self.dir.as_ref(), busy) {
-            (None, _) => Duration::ZERO, // no .trm without a loop directory: force
-            (Some(_), true) => Duration::from_secs(self.cfg.grace) + BUSY_STOP_MARGIN,
-            (Some(_), false) => IDLE_STOP_WAIT,
+        let wait = match (self.dir.as_ref(), busy, ready) {
+            (None, _, _) => Duration::ZERO, // no .trm without a loop directory: force
+            (Some(_), true, _) => Duration::from_secs(self.cfg.grace) + BUSY_STOP_MARGIN,
+            (Some(_), false, true) => IDLE_STOP_WAIT,
+            // Still booting: its runner is not up, so it has no job to lose.
+            (Some(_), false, false) => BOOTING_STOP_WAIT,
         };
         info!(
             "stopping VM {name} ({}): {}",

@@ -1,0 +1,485 @@
+//! `orchestrator demo`: the whole product on this host with no GitHub account.
+//! The embedded local forge plays GitHub (queue of K jobs), a demo bundle (Debian
+//! kernel + busybox-static + the fake actions runner) boots in QEMU microVMs, N
+//! loops run the jobs; live progress, then a per-phase timing table.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::localforge::{JobStatus, LocalForge};
+
+const PAT: &str = "demo-pat-not-a-secret";
+const REPO: &str = "demo/hello";
+const GUEST_FORGE: &str = "10.0.2.100:80";
+
+/// Demo failures.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A prerequisite is missing.
+    #[error("{0}")]
+    Missing(String),
+    /// The run did not complete.
+    #[error("{0}")]
+    Failed(String),
+    /// I/O.
+    #[error("cannot {0}")]
+    Io(String, #[source] std::io::Error),
+}
+
+/// `orchestrator demo` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Jobs to queue.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub jobs: u32,
+    /// QEMU accelerator (auto: KVM when it really boots a guest, else TCG).
+    #[arg(long, default_value = "auto", value_enum)]
+    pub accel: crate::backend::qemu::Accel,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory: u32,
+    /// Kernel to use instead of fetching Debian's (with --modules).
+    #[arg(long, requires = "modules")]
+    pub kernel: Option<PathBuf>,
+    /// /lib/modules/<version> of --kernel.
+    #[arg(long, requires = "kernel")]
+    pub modules: Option<PathBuf>,
+    /// Static busybox to use instead of busybox-static's.
+    #[arg(long)]
+    pub busybox: Option<PathBuf>,
+    /// Also print the table as one JSON line (for scripts/bench.sh).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("gh-runner-microvm")
+}
+
+fn sh(cmd: &mut Command, what: &str) -> Result<String, DemoError> {
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| DemoError::Missing(format!("cannot {what}: {e}")))?;
+    if !out.status.success() {
+        return Err(DemoError::Missing(format!(
+            "cannot {what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `apt-get download PKG` unpacked into the cache (shared with scripts/fetch-kernel.sh).
+fn apt_unpack(pkg: &str, into: &Path) -> Result<PathBuf, DemoError> {
+    let dir = into.join(pkg);
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    let hint = "the demo fetches a kernel and busybox with apt-get (Debian/Ubuntu); elsewhere give --kernel, --modules and --busybox";
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| DemoError::Io(format!("create {}", dir.display()), e))?;
+    eprintln!("demo: fetching {pkg} with apt-get download …");
+    sh(
+        Command::new("apt-get")
+            .args(["download", "-q", pkg])
+            .current_dir(&dir),
+        &format!("download {pkg} ({hint})"),
+    )?;
+    let deb = std::fs::read_dir(&dir)
+        .map_err(|e| DemoError::Io(format!("read {}", dir.display()), e))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| {
+            DemoError::Missing(format!("apt-get download {pkg} produced no .deb ({hint})"))
+        })?;
+    sh(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(dir.join("root")),
+        &format!("unpack {pkg}"),
+    )?;
+    let _ = std::fs::remove_file(&deb);
+    let _ = std::fs::write(dir.join(".complete"), "");
+    Ok(dir)
+}
+
+fn newest_kernel_package() -> Result<String, DemoError> {
+    let out = sh(
+        Command::new("apt-cache").args([
+            "search",
+            "--names-only",
+            "^linux-image-[0-9].*-amd64-unsigned$",
+        ]),
+        "search apt for a kernel",
+    )?;
+    let mut pkgs: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|p| !p.contains("cloud") && !p.contains("-rt-"))
+        .map(str::to_string)
+        .collect();
+    pkgs.sort_by(|a, b| protocol::version::compare(a, b));
+    pkgs.iter()
+        .rev()
+        .find(|p| p.starts_with("linux-image-6.1."))
+        .or(pkgs.last())
+        .cloned()
+        .ok_or_else(|| DemoError::Missing("apt knows no linux-image-*-amd64-unsigned package: run apt-get update, or give --kernel and --modules".into()))
+}
+
+/// Build (or reuse) the demo bundle.
+fn demo_bundle(args: &DemoArgs) -> Result<PathBuf, DemoError> {
+    let me = |n: &str| {
+        crate::orchestrator::beside_me(n).ok_or_else(|| {
+            DemoError::Missing(format!(
+                "no {n} beside this executable: build with scripts/build.sh"
+            ))
+        })
+    };
+    let entrypoint = me("entrypoint")?;
+    let listener = me("fake-runner-listener")?;
+    let cache = cache_dir();
+    let (kernel, modules) = match (&args.kernel, &args.modules) {
+        (Some(k), Some(m)) => (k.clone(), m.clone()),
+        _ => {
+            let dir = apt_unpack(&newest_kernel_package()?, &cache.join("kernel"))?;
+            let root = dir.join("root");
+            let version = std::fs::read_dir(root.join("lib/modules"))
+                .ok()
+                .and_then(|mut rd| rd.next())
+                .and_then(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .ok_or_else(|| DemoError::Missing(format!("{} has no modules", dir.display())))?;
+            (
+                root.join(format!("boot/vmlinuz-{version}")),
+                root.join(format!("lib/modules/{version}")),
+            )
+        }
+    };
+    let busybox = match &args.busybox {
+        Some(b) => b.clone(),
+        None => {
+            let dir = apt_unpack("busybox-static", &cache.join("pkg"))?;
+            dir.join("root/bin/busybox")
+        }
+    };
+    let out = cache.join("demo/bundle");
+    let work =
+        tempfile::tempdir().map_err(|e| DemoError::Io("create a temporary directory".into(), e))?;
+    let tgz = crate::image::fake_runner_tarball(&listener, work.path(), "2.330.0")
+        .map_err(|e| DemoError::Io("pack the fake actions runner".into(), e))?;
+    let inputs = crate::image::BundleInputs {
+        kernel,
+        modules,
+        busybox,
+        runner_tarball: tgz,
+        entrypoint,
+        out: out.clone(),
+    };
+    crate::image::bundle(&inputs).map_err(|e| DemoError::Missing(e.to_string()))?;
+    Ok(out)
+}
+
+/// Resident set sizes (KiB) of `root` and its descendants, grouped by program name.
+fn rss_by_program(root: u32) -> BTreeMap<String, u64> {
+    let mut parent = BTreeMap::new();
+    let mut info = BTreeMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        let ppid = field("PPid:")
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0);
+        let rss = field("VmRSS:")
+            .and_then(|v| {
+                v.split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        let name = field("Name:").unwrap_or_default();
+        parent.insert(pid, ppid);
+        info.insert(pid, (name, rss));
+    }
+    let mut out = BTreeMap::new();
+    for (pid, (name, rss)) in &info {
+        let mut p = *pid;
+        let mut hops = 0;
+        while p != root && p > 1 && hops < 64 {
+            p = parent.get(&p).copied().unwrap_or(0);
+            hops += 1;
+        }
+        if p == root {
+            let e = out.entry(name.clone()).or_insert(0u64);
+            *e = (*e).max(*rss);
+        }
+    }
+    out
+}
+
+fn stats(mut v: Vec<f64>) -> Option<(usize, f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Some((v.len(), at(0.5), at(0.9), v[v.len() - 1]))
+}
+
+fn log_values(log: &str, key: &str) -> Vec<f64> {
+    let k = format!("{key}=");
+    log.lines()
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(&k)))
+        .filter_map(|v| {
+            v.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|ms| ms / 1000.0)
+        .collect()
+}
+
+/// Run the demo with `n` loops.
+pub fn run(args: DemoArgs, n: u32) -> Result<(), DemoError> {
+    let tty = std::io::stderr().is_terminal();
+    let bundle = demo_bundle(&args)?;
+    let forge = LocalForge::start(0, &[PAT])
+        .map_err(|e| DemoError::Io("start the local forge".into(), e))?;
+    forge.set_runner_url(&format!("http://{GUEST_FORGE}"));
+    for i in 1..=args.jobs {
+        forge.queue_job(
+            REPO,
+            &["microvm"],
+            &format!("echo \"job {i}: hello from $(uname -r), entrypoint pid $(awk '{{print $4}}' /proc/$PPID/stat), user $(id -un)\"; sleep 1"),
+        );
+    }
+    let log_path = cache_dir().join("demo/last-run.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| DemoError::Io(format!("create {}", log_path.display()), e))?;
+    let me =
+        std::env::current_exe().map_err(|e| DemoError::Io("find this executable".into(), e))?;
+    let port = forge.addr().port();
+    let accel = match args.accel {
+        crate::backend::qemu::Accel::Auto => "auto",
+        crate::backend::qemu::Accel::Kvm => "kvm",
+        crate::backend::qemu::Accel::Tcg => "tcg",
+    };
+    let mut child = Command::new(me)
+        .args(["-n", &n.to_string(), "-R", "qemu", "-p", "GH-demo", "--"])
+        .args([
+            "-g",
+            &forge.url(),
+            "-p",
+            REPO,
+            "-i",
+            &bundle.display().to_string(),
+            "--accel",
+            accel,
+        ])
+        .args([
+            "--net",
+            "restricted",
+            "--net-forward",
+            &format!("{GUEST_FORGE}=127.0.0.1:{port}"),
+        ])
+        .args(["-m", &args.memory.to_string(), "-c", "1", "--grace", "30"])
+        .env("RUNNER_PAT", PAT)
+        .stdin(Stdio::null())
+        .stdout(
+            log.try_clone()
+                .map_err(|e| DemoError::Io("open the log".into(), e))?,
+        )
+        .stderr(log)
+        .spawn()
+        .map_err(|e| DemoError::Io("start the orchestrator".into(), e))?;
+    let pid = child.id();
+    eprintln!(
+        "demo: {n} loop(s), {} job(s), QEMU bundle {}; log in {}",
+        args.jobs,
+        bundle.display(),
+        log_path.display()
+    );
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(180 + 120 * u64::from(args.jobs));
+    let mut rss: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_line = String::new();
+    let mut last_print = Instant::now() - Duration::from_secs(60);
+    let done = loop {
+        for (k, v) in rss_by_program(pid) {
+            let e = rss.entry(k).or_insert(0);
+            *e = (*e).max(v);
+        }
+        let jobs = forge.jobs();
+        let runners = forge.runners();
+        let count = |s: JobStatus| jobs.iter().filter(|j| j.status == s).count();
+        let (queued, running, completed) = (
+            count(JobStatus::Queued),
+            count(JobStatus::InProgress),
+            count(JobStatus::Completed),
+        );
+        let booting = runners.iter().filter(|r| r.status == "offline").count();
+        let idle = runners
+            .iter()
+            .filter(|r| r.status == "online" && !r.busy)
+            .count();
+        let line = format!(
+            "[{:>5.1}s] loops {n} | VMs booting {booting}, idle {idle}, busy {} | jobs queued {queued}, running {running}, done {completed}/{}",
+            t0.elapsed().as_secs_f64(),
+            runners.iter().filter(|r| r.busy).count(),
+            args.jobs
+        );
+        if tty {
+            eprint!("\r\x1b[2K{line}");
+            let _ = std::io::stderr().flush();
+        } else if line.get(9..) != last_line.get(9..)
+            || last_print.elapsed() > Duration::from_secs(10)
+        {
+            eprintln!("{line}");
+            last_print = Instant::now();
+        }
+        last_line = line;
+        if completed == args.jobs as usize {
+            break true;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            if tty {
+                eprintln!();
+            }
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = tail
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            return Err(DemoError::Failed(format!(
+                "the orchestrator ended early ({st}); its log ends with:\n{}",
+                tail.join("\n")
+            )));
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    if tty {
+        eprintln!();
+    }
+    let elapsed = t0.elapsed();
+    // Stop the loops: idle runners are deregistered and their guests stopped at once.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let st = child
+        .wait()
+        .map_err(|e| DemoError::Io("wait for the orchestrator".into(), e))?;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if !done {
+        return Err(DemoError::Failed(format!(
+            "not all {} jobs ran within the time limit; see {}",
+            args.jobs,
+            log_path.display()
+        )));
+    }
+    for j in forge.jobs() {
+        let out = j.output.lines().next().unwrap_or("");
+        eprintln!(
+            "  {out}{}",
+            if j.exit_code == Some(0) {
+                ""
+            } else {
+                "  (FAILED)"
+            }
+        );
+    }
+    let timings = forge.job_timings();
+    let rows = [
+        (
+            "VM start → runner up (.tkn)",
+            stats(log_values(&log, "boot_ms")),
+        ),
+        (
+            "job (claimed → reported)",
+            stats(timings.iter().map(|t| t.1).collect()),
+        ),
+        (
+            "host: VM exit → next VM start",
+            stats(log_values(&log, "turnaround_ms")),
+        ),
+    ];
+    println!(
+        "\n{:<32} {:>5} {:>9} {:>9} {:>9}",
+        "phase", "n", "median s", "p90 s", "max s"
+    );
+    for (name, s) in &rows {
+        match s {
+            Some((c, m, p, x)) => println!("{name:<32} {c:>5} {m:>9.3} {p:>9.3} {x:>9.3}"),
+            None => println!("{name:<32} {:>5}", 0),
+        }
+    }
+    let per_min = f64::from(args.jobs) / elapsed.as_secs_f64() * 60.0;
+    println!(
+        "{:<32} {:>5} {per_min:>9.2}  (wall {:.1}s)",
+        "jobs per minute",
+        n,
+        elapsed.as_secs_f64()
+    );
+    let rss_of = |name: &str| {
+        rss.iter()
+            .filter(|(k, _)| k.starts_with(name))
+            .map(|(_, v)| *v)
+            .max()
+            .unwrap_or(0)
+    };
+    println!(
+        "peak RSS: orchestrator {} KiB, runner loop {} KiB, QEMU {} KiB",
+        rss_of("orchestrator"),
+        rss_of("runner"),
+        rss_of("qemu-system")
+    );
+    if args.json {
+        let j = serde_json::json!({
+            "loops": n, "jobs": args.jobs, "wall_s": elapsed.as_secs_f64(), "jobs_per_min": per_min,
+            "boot_s": rows[0].1.map(|s| [s.1, s.2, s.3]), "job_s": rows[1].1.map(|s| [s.1, s.2, s.3]),
+            "turnaround_s": rows[2].1.map(|s| [s.1, s.2, s.3]),
+            "rss_kib": {"orchestrator": rss_of("orchestrator"), "runner": rss_of("runner"), "qemu": rss_of("qemu-system")},
+        });
+        println!("{j}");
+    }
+    let failed = forge
+        .jobs()
+        .iter()
+        .filter(|j| j.exit_code != Some(0))
+        .count();
+    if failed > 0 || !st.success() {
+        return Err(DemoError::Failed(format!(
+            "{failed} job(s) failed; orchestrator {st}; see {}",
+            log_path.display()
+        )));
+    }
+    Ok(())
+}
