@@ -286,3 +286,122 @@ fn qemu_guest_failure_is_reported_with_its_console() {
     p.signal(Signal::SIGTERM);
     let _ = p.finish(Duration::from_secs(60));
 }
+
+/// `image bundle` names the bad input: a dynamic busybox, a kernel without a needed
+/// module, a tarball that is not an actions runner.
+#[test]
+fn image_bundle_errors_name_the_input() {
+    let w = World::new();
+    let kdir = qemu_bundle(); // ensures the kernel is fetched; its inputs are reused below
+    let kernel = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-kernel.sh"),
+    )
+    .output()
+    .unwrap();
+    let kernel = std::path::PathBuf::from(String::from_utf8_lossy(&kernel.stdout).trim());
+    let tgz = ghrm::image::fake_runner_tarball(
+        &crate::common::bin("fake-runner-listener"),
+        w.dir.path(),
+        "2.330.0",
+    )
+    .unwrap();
+    let empty_mods = w.dir.path().join("mods/6.0.0-test");
+    std::fs::create_dir_all(empty_mods.join("kernel")).unwrap();
+    let not_runner = w.dir.path().join("actions-runner-linux-x64-1.0.0.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&not_runner).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut t = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, "README", &b"hi"[..]).unwrap();
+        t.into_inner().unwrap().finish().unwrap();
+    }
+    let out = w.dir.path().join("out");
+    let run = |modules: &std::path::Path, busybox: &str, tarball: &std::path::Path| {
+        let o = w
+            .command("orchestrator")
+            .args(["image", "bundle", "--kernel"])
+            .arg(kernel.join("vmlinuz"))
+            .arg("--modules")
+            .arg(modules)
+            .args(["--busybox", busybox, "--runner-tarball"])
+            .arg(tarball)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let mods = kernel.join("modules");
+    let (code, err) = run(&mods, "/bin/sh", &tgz);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--busybox") && err.contains("not a static busybox"),
+        "{err}"
+    );
+    let (code, err) = run(&empty_mods, "/bin/busybox", &tgz);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--modules") && err.contains("no module virtio_mmio"),
+        "{err}"
+    );
+    let (code, err) = run(&mods, "/bin/busybox", &not_runner);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--runner-tarball") && err.contains("no run.sh"),
+        "{err}"
+    );
+    assert!(kdir.join("bundle.json").is_file());
+}
+
+/// The README's first command: `orchestrator demo` runs jobs in microVMs and
+/// prints its table.
+#[test]
+fn demo_runs_jobs_in_microvms() {
+    let w = World::new();
+    let o = w
+        .command("orchestrator")
+        .env(
+            "XDG_CACHE_HOME",
+            std::env::var("HOME")
+                .map(|h| format!("{h}/.cache"))
+                .unwrap_or_default(),
+        )
+        .args([
+            "demo",
+            "-n",
+            "1",
+            "--jobs",
+            "2",
+            "--accel",
+            "tcg",
+            "--busybox",
+            "/bin/busybox",
+        ])
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("job 1: hello from") && err.contains("entrypoint pid 1"),
+        "{err}"
+    );
+    assert!(
+        out.contains("VM start → runner up (.tkn)") && out.contains("jobs per minute"),
+        "{out}"
+    );
+    assert!(w
+        .wait_no_processes(std::time::Duration::from_secs(5))
+        .is_empty());
+}
