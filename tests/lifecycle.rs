@@ -222,3 +222,40 @@ fn one_orchestrator_per_prefix() {
     );
     assert!(err.contains(&format!("pid {}", p.pid())), "{err}");
 }
+
+/// `-I` (no isolation): no loop directory, the configuration travels as guest
+/// options, starts are staggered by `-s`, and jobs still run.
+#[test]
+fn insecure_mode_runs_jobs_without_a_loop_directory() {
+    let w = World::new();
+    for _ in 0..2 {
+        w.forge.queue_job(
+            REPO,
+            &[],
+            &format!("{PRELUDE}ls \"$D\" 2>/dev/null | wc -l; echo insecure-ok"),
+        );
+    }
+    let mut p = w.orchestrator(
+        &["-I", "-s", "1", "-n", "2", "-R", "krunvm"],
+        &["-r", "1", "-u", "root"],
+    );
+    let st = p.finish(Duration::from_secs(60));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(
+        w.forge
+            .jobs()
+            .iter()
+            .all(|j| j.exit_code == Some(0) && j.output.contains("insecure-ok")),
+        "{log}"
+    );
+    assert!(
+        w.env_roots().is_empty() && w.vms().is_empty() && w.forge.runners().is_empty(),
+        "{log}"
+    );
+    assert!(
+        w.read_state("calls.log")
+            .contains(" -c GHRM_NAME=GH-runner-"),
+        "configuration not passed as options"
+    );
+}

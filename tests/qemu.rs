@@ -405,3 +405,115 @@ fn demo_runs_jobs_in_microvms() {
         .wait_no_processes(std::time::Duration::from_secs(5))
         .is_empty());
 }
+
+/// `-I` on QEMU: with no `.trm` to write, `-k` stops the idle guest through QMP
+/// `system_powerdown` (the ACPI power button), not by killing QEMU.
+#[test]
+fn qemu_insecure_lifetime_uses_the_acpi_power_button() {
+    let w = World::new();
+    let args = qemu_args(&w, &["-u", "root", "-k", "15"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = w.orchestrator(&["-I", "-n", "1", "-R", "qemu"], &args);
+    let st = p.finish(Duration::from_secs(120));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(log.contains("to power down (ACPI power button)"), "{log}");
+    assert!(
+        !log.contains("killing it"),
+        "the guest did not answer the power button\n{log}"
+    );
+    assert!(
+        w.forge.runners().is_empty() && ghrm_qemu_state(&w).is_empty(),
+        "{log}"
+    );
+}
+
+/// Make a bundle beside the test bundle whose `/init` is `script` (busybox sh).
+fn bundle_with_init(w: &World, script: &str) -> std::path::PathBuf {
+    let src = qemu_bundle();
+    let dir = w.dir.path().join("odd-bundle");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["vmlinuz", "bundle.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut c =
+        ghrm::image::cpio::Cpio::new(std::fs::File::create(dir.join("initrd.img")).unwrap());
+    c.dir("/bin", 0o755, 0, 0).unwrap();
+    c.dir("/dev", 0o755, 0, 0).unwrap();
+    c.chardev("/dev/console", 0o600, 5, 1).unwrap();
+    c.file(
+        "/bin/busybox",
+        0o755,
+        0,
+        0,
+        &std::fs::read("/bin/busybox").unwrap(),
+    )
+    .unwrap();
+    c.file(
+        "/init",
+        0o755,
+        0,
+        0,
+        format!("#!/bin/busybox sh\n{script}\n").as_bytes(),
+    )
+    .unwrap();
+    c.finish().unwrap();
+    dir
+}
+
+/// A guest that panics (its init exits) is reported with the tail of its console;
+/// one that hangs before init is killed at the stall deadline and retried.
+#[test]
+fn qemu_panicking_and_hanging_guests_are_reported_and_retried() {
+    let w = World::new();
+    let panics = bundle_with_init(&w, "echo init-is-leaving; exit 3");
+    let mut args = qemu_args(&w, &["-r", "1"]);
+    let i = args.iter().position(|a| a == "-i").unwrap();
+    args[i + 1] = panics.display().to_string();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = w.spawn(
+        "runner",
+        &[
+            &["-T", PAT, "-g", &w.forge.url(), "-p", REPO, "-R", "qemu"][..],
+            &a,
+        ]
+        .concat(),
+    );
+    w.wait_for("a reported panic", Duration::from_secs(90), &p, || {
+        p.log().contains("its console ended with")
+    });
+    let log = p.log();
+    assert!(
+        log.contains("Kernel panic") && log.contains("init-is-leaving"),
+        "{log}"
+    );
+    drop(p);
+
+    let hangs = bundle_with_init(&w, "/bin/busybox sleep 100000");
+    args[i + 1] = hangs.display().to_string();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = w.spawn(
+        "runner",
+        &[
+            &["-T", PAT, "-g", &w.forge.url(), "-p", REPO, "-R", "qemu"][..],
+            &a,
+        ]
+        .concat(),
+    );
+    w.wait_for(
+        "the stalled boot killed and retried",
+        Duration::from_secs(120),
+        &p,
+        || {
+            let l = p.log();
+            l.contains("shows no sign of its init")
+                && l.matches("VM GH-runner-1-").count() >= 2
+                && l.contains("retrying in")
+        },
+    );
+    p.signal(Signal::SIGTERM);
+    let mut p = p;
+    let st = p.finish(Duration::from_secs(60));
+    assert!(st.success(), "{st}\n{}", p.log());
+    assert!(w.forge.runners().is_empty(), "{}", p.log());
+}

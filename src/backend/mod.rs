@@ -236,6 +236,15 @@ impl Backend {
         }
     }
 
+    /// Ask the guest to shut down through the hypervisor, where there is a way
+    /// (QEMU: the ACPI power button over QMP). False when nothing was sent.
+    pub async fn powerdown(&self, name: &str) -> bool {
+        match self {
+            Backend::Qemu(q) => q.powerdown(name).await,
+            _ => false,
+        }
+    }
+
     /// Stop the VM now: kill the supervised process group and the VM itself.
     pub async fn force_stop(&self, name: &str, child: &mut Child) {
         if let Some(pid) = child.id() {

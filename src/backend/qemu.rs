@@ -331,6 +331,18 @@ impl Qemu {
             cmdline.push(' ');
             cmdline.push_str(arg);
         }
+        // x86 kernels cut the command line at 2048 bytes; in -I mode the guest's
+        // configuration (JIT config included) travels on it.
+        if cmdline.len() >= 2048 {
+            return Err(BackendError::Image(
+                spec.image.clone().into(),
+                format!(
+                    "the guest's kernel command line would be {} bytes (x86 allows 2047); without isolation (-I) \
+                     the configuration travels on it: run with isolation",
+                    cmdline.len()
+                ),
+            ));
+        }
         let mut netdev = "user,id=n0".to_string();
         if self.cfg.net == NetMode::Restricted {
             netdev.push_str(",restrict=on");
@@ -389,6 +401,41 @@ impl Qemu {
                 .is_ok_and(|c| c.windows(11).any(|w| w == b"entrypoint:"))
     }
 
+    /// Press the guest's ACPI power button through QMP (`system_powerdown`); the
+    /// entrypoint treats it like SIGTERM. True when QEMU accepted the command.
+    pub async fn powerdown(&self, name: &str) -> bool {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let sock = self.dir(name).join("qmp.sock");
+        let talk = async {
+            let stream = tokio::net::UnixStream::connect(&sock).await.ok()?;
+            let (r, mut w) = stream.into_split();
+            let mut lines = BufReader::new(r).lines();
+            lines.next_line().await.ok()??; // greeting
+            w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+                .await
+                .ok()?;
+            lines.next_line().await.ok()??;
+            w.write_all(b"{\"execute\":\"system_powerdown\"}\n")
+                .await
+                .ok()?;
+            // Events may come before the answer.
+            loop {
+                let l = lines.next_line().await.ok()??;
+                if l.contains("\"return\"") {
+                    return Some(true);
+                }
+                if l.contains("\"error\"") {
+                    return Some(false);
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), talk)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    }
+
     /// The VM's console log.
     pub fn console_path(&self, name: &str) -> PathBuf {
         self.dir(name).join("console.log")
@@ -399,7 +446,20 @@ impl Qemu {
         let text = std::fs::read(self.dir(name).join("console.log")).ok()?;
         let text = String::from_utf8_lossy(&text);
         let all: Vec<&str> = text.lines().collect();
-        Some(all[all.len().saturating_sub(lines)..].join("\n"))
+        let start = all.len().saturating_sub(lines);
+        // A panic's cause is above its stack trace: lead with it.
+        match all.iter().rposition(|l| l.contains("Kernel panic")) {
+            Some(k) if k < start => {
+                let from = k.saturating_sub(4);
+                let tail = &all[all.len().saturating_sub(lines / 2)..];
+                Some(format!(
+                    "{}\n[…]\n{}",
+                    all[from..=k].join("\n"),
+                    tail.join("\n")
+                ))
+            }
+            _ => Some(all[start..].join("\n")),
+        }
     }
 }
 

@@ -380,6 +380,6 @@ mod tests {
         );
         assert!(parse_runtime("docker")
             .unwrap_err()
-            .contains("krunvm or podman"));
+            .contains("krunvm, podman or qemu"));
     }
 }

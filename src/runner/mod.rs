@@ -22,6 +22,8 @@ const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 const MINT_ATTEMPTS: u32 = 3;
 /// How long an idle guest gets to honour `.trm` before the VM is killed.
 const IDLE_STOP_WAIT: Duration = Duration::from_secs(30);
+/// How long a guest gets after the power button when `.trm` went unanswered.
+const POWERDOWN_WAIT: Duration = Duration::from_secs(10);
 /// How long a guest that is still booting gets to see `.trm` before it is killed.
 const BOOTING_STOP_WAIT: Duration = Duration::from_secs(2);
 /// Extra time over `--grace` for a busy guest to wind down.
@@ -541,6 +543,18 @@ impl Loop {
         match tokio::time::timeout(wait, child.wait()).await {
             Ok(st) => st.ok(),
             Err(_) => {
+                // No .trm (insecure mode) or no answer to it: try the power button.
+                let powerdown_wait = match (self.dir.is_some(), busy) {
+                    (true, _) => POWERDOWN_WAIT,
+                    (false, true) => Duration::from_secs(self.cfg.grace) + BUSY_STOP_MARGIN,
+                    (false, false) => IDLE_STOP_WAIT,
+                };
+                if ready && self.backend.powerdown(name).await {
+                    info!("asked VM {name} to power down (ACPI power button)");
+                    if let Ok(st) = tokio::time::timeout(powerdown_wait, child.wait()).await {
+                        return st.ok();
+                    }
+                }
                 warn!(
                     "VM {name} did not stop within {}s: killing it",
                     wait.as_secs()
