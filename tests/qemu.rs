@@ -517,3 +517,50 @@ fn qemu_panicking_and_hanging_guests_are_reported_and_retried() {
     assert!(st.success(), "{st}\n{}", p.log());
     assert!(w.forge.runners().is_empty(), "{}", p.log());
 }
+
+/// `-D /local` on QEMU runs the freshly built entrypoint from the dev share as PID 1,
+/// and `-M HOST:GUEST` shares a host directory with the guest.
+#[test]
+fn qemu_dev_dir_and_mounts() {
+    let w = World::new();
+    let cache = w.dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    w.forge.queue_job(REPO, &[], "echo \"pid1=$(readlink /proc/1/exe)\"; echo from-the-guest > /cache/written; echo mounts-ok");
+    let dev = crate::common::bin("entrypoint")
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let mount = format!("{}:/cache", cache.display());
+    let args = qemu_args(
+        &w,
+        &[
+            "-u",
+            "root",
+            "-r",
+            "1",
+            "-D",
+            "/local",
+            "--dev-dir",
+            &dev,
+            "-M",
+            &mount,
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
+    let st = p.finish(Duration::from_secs(120));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    let j = &w.forge.jobs()[0];
+    assert_eq!(j.exit_code, Some(0), "{}\n{log}", j.output);
+    assert!(
+        j.output.contains("pid1=/local/entrypoint"),
+        "PID 1 is not the dev entrypoint:\n{}",
+        j.output
+    );
+    assert_eq!(
+        std::fs::read_to_string(cache.join("written")).unwrap(),
+        "from-the-guest\n"
+    );
+}

@@ -326,6 +326,10 @@ impl Qemu {
                 &format!("virtio-9p-device,fsdev={tag},mount_tag={tag}"),
             ]);
         }
+        // -D: PID 1 (the bundle's /init) sets up, then executes the dev entrypoint.
+        if spec.entrypoint != protocol::IMAGE_ENTRYPOINT {
+            cmdline.push_str(&format!(" ghrm.exec={}", spec.entrypoint));
+        }
         cmdline.push_str(" --");
         for arg in &spec.args {
             cmdline.push(' ');

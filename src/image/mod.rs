@@ -376,7 +376,8 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
     let out = &inp.out;
     std::fs::create_dir_all(out).map_err(|e| ImageError::Write(out.clone(), e))?;
     let initrd_path = out.join("initrd.img");
-    let tmp = out.join(".initrd.img.partial");
+    // Unique per build: two builds of one bundle (two demos) must not share it.
+    let tmp = out.join(format!(".initrd.img.{}.partial", std::process::id()));
     let file = std::fs::File::create(&tmp).map_err(|e| ImageError::Write(tmp.clone(), e))?;
     let mut c = Cpio::new(std::io::BufWriter::new(file));
     let w = |e| ImageError::Write(initrd_path.clone(), e);

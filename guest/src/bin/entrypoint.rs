@@ -603,12 +603,24 @@ fn main() -> ExitCode {
                 buttons = init.power_button;
                 // `--accel auto` probes KVM by booting with ghrm.probe=1.
                 let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-                if protocol::init::cmdline_keys(&cmdline)
-                    .iter()
-                    .any(|(k, v)| k == "probe" && v == "1")
-                {
+                let keys = protocol::init::cmdline_keys(&cmdline);
+                if keys.iter().any(|(k, v)| k == "probe" && v == "1") {
                     log!("init: probe boot complete");
                     protocol::init::power_off(0);
+                }
+                // `-D`: become the freshly built entrypoint from the dev share (still PID 1;
+                // its own set-up finds everything done).
+                if let Some((_, path)) = keys.iter().find(|(k, _)| k == "exec") {
+                    if std::env::var_os("GHRM_EXECED").is_none() {
+                        use std::os::unix::process::CommandExt;
+                        log!("init: running {path} from the dev share");
+                        let err = Command::new(path)
+                            .args(std::env::args_os().skip(1))
+                            .env("GHRM_EXECED", "1")
+                            .exec();
+                        log!("error: cannot run {path}: {err}");
+                        protocol::init::power_off(127);
+                    }
                 }
             }
             Err(e) => {
