@@ -259,3 +259,71 @@ fn insecure_mode_runs_jobs_without_a_loop_directory() {
         "configuration not passed as options"
     );
 }
+
+/// A loop that dies unexpectedly is restarted (with back-off) by the orchestrator.
+#[test]
+fn a_dead_loop_is_restarted() {
+    let w = World::new();
+    let p = w.orchestrator(&["-n", "1", "-R", "krunvm"], &["-u", "root"]);
+    w.wait_for("a runner online", Duration::from_secs(30), &p, || {
+        w.forge.runners().iter().any(|r| r.status == "online")
+    });
+    let loop_pid = w
+        .tagged()
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("/runner ") && cmd.ends_with("-- 1 "))
+        .map(|(pid, _)| pid)
+        .unwrap_or_else(|| panic!("no runner loop among {:?}", w.tagged()));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(loop_pid), Signal::SIGKILL).unwrap();
+    w.wait_for("the loop restarted", Duration::from_secs(30), &p, || {
+        p.log().contains("loop 1 died")
+            && w.tagged()
+                .iter()
+                .any(|(pid, c)| *pid != loop_pid && c.contains("/runner ") && c.ends_with("-- 1 "))
+    });
+    w.wait_for("a new runner online", Duration::from_secs(30), &p, || {
+        w.forge
+            .runners()
+            .iter()
+            .filter(|r| r.status == "online")
+            .count()
+            >= 1
+            && p.log().matches("VM GH-runner-1-").count() >= 2
+    });
+    p.signal(Signal::SIGTERM);
+    let mut p = p;
+    let st = p.finish(Duration::from_secs(60));
+    assert!(st.success(), "{st}\n{}", p.log());
+    // The killed loop's VM was swept on the way out.
+    assert!(
+        w.vms().is_empty() && w.env_roots().is_empty(),
+        "{:?}\n{}",
+        w.vms(),
+        p.log()
+    );
+}
+
+/// A loop that keeps dying fast (here: GitHub unreachable) is given up: exit 1 with
+/// the reason, after a bounded number of restarts.
+#[test]
+fn a_loop_that_keeps_dying_is_given_up() {
+    let w = World::new();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let mut p = w.spawn(
+        "orchestrator",
+        &[
+            "-n", "1", "-R", "krunvm", "--", "-T", "x", "-s", "org", "-p", "acme", "-g", &url,
+        ],
+    );
+    let st = p.finish(Duration::from_secs(90));
+    let log = p.log();
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("no answer from GitHub"), "{log}");
+    assert!(
+        log.contains("failed 5 times in a row") && log.contains("given up"),
+        "{log}"
+    );
+    assert!(w.env_roots().is_empty(), "{log}");
+}
