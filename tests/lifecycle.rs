@@ -327,3 +327,86 @@ fn a_loop_that_keeps_dying_is_given_up() {
     );
     assert!(w.env_roots().is_empty(), "{log}");
 }
+
+/// Reconciliation deletes only this host's stale registrations: at start at once,
+/// while running after two passes; never busy ones, other prefixes, other tools'
+/// or other hosts' runners, nor the loop's own live runner.
+#[test]
+fn only_this_hosts_stale_registrations_are_deleted() {
+    use ghrm::localforge::Scope;
+    let w = World::new();
+    let scope = Scope::Repo("acme".into(), "widgets".into());
+    w.forge
+        .add_runner(scope.clone(), "GH-runner-1-stale0001", "offline", false);
+    let keep = [
+        w.forge
+            .add_runner(scope.clone(), "GH-runner-2-busy00001", "online", true),
+        w.forge
+            .add_runner(scope.clone(), "GH-runnerX-1-abcdefgh", "offline", false),
+        w.forge
+            .add_runner(scope.clone(), "GH-runner-manual", "offline", false),
+        w.forge
+            .add_runner(scope.clone(), "other-host-1-abcdefgh", "offline", false),
+    ];
+    let p = w.orchestrator(
+        &["-n", "1", "-R", "krunvm", "--reconcile", "1"],
+        &["-u", "root"],
+    );
+    w.wait_for(
+        "the stale runner deleted at start",
+        Duration::from_secs(20),
+        &p,
+        || {
+            !w.forge
+                .runners()
+                .iter()
+                .any(|r| r.name == "GH-runner-1-stale0001")
+        },
+    );
+    w.wait_for(
+        "the loop's runner online",
+        Duration::from_secs(20),
+        &p,
+        || {
+            w.forge
+                .runners()
+                .iter()
+                .any(|r| r.name.starts_with("GH-runner-1-") && r.status == "online")
+        },
+    );
+    w.forge
+        .add_runner(scope, "GH-runner-7-late0001", "offline", false);
+    w.wait_for(
+        "the late stale runner deleted",
+        Duration::from_secs(20),
+        &p,
+        || {
+            !w.forge
+                .runners()
+                .iter()
+                .any(|r| r.name == "GH-runner-7-late0001")
+        },
+    );
+    // Several passes later the loop's own runner is still there.
+    std::thread::sleep(Duration::from_secs(3));
+    let ours: Vec<_> = w
+        .forge
+        .runners()
+        .into_iter()
+        .filter(|r| r.name.starts_with("GH-runner-1-"))
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}\n{}", p.log());
+    p.signal(Signal::SIGTERM);
+    let mut p = p;
+    assert!(p.finish(Duration::from_secs(60)).success(), "{}", p.log());
+    let left: Vec<u64> = w.forge.runners().iter().map(|r| r.id).collect();
+    for id in keep {
+        assert!(left.contains(&id), "runner {id} was deleted\n{}", p.log());
+    }
+    assert!(
+        p.log()
+            .contains("deleted stale runner registration GH-runner-7-late0001"),
+        "{}",
+        p.log()
+    );
+}

@@ -302,6 +302,11 @@ pub struct OrchestratorCli {
     /// More output; repeat for more (ORCHESTRATOR_VERBOSE: a number).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Seconds between passes that delete this host's stale runner registrations
+    /// (offline, prefix-matched, no live VM, seen on two passes).
+    #[arg(long = "reconcile", env = "ORCHESTRATOR_RECONCILE", default_value_t = 300, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile: u64,
     /// Arguments for every runner loop.
     #[arg(last = true, value_name = "RUNNER_ARGS")]
     pub runner_args: Vec<String>,

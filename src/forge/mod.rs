@@ -398,6 +398,31 @@ impl Forge {
         Ok(p.runners.into_iter().find(|r| r.name == name))
     }
 
+    /// Every runner of the scope, paged with explicit page numbers (octocrab drops
+    /// authentication on absolute `Link` URLs for some hosts).
+    pub async fn list_runners(&self) -> Result<Vec<RunnerInfo>, ForgeError> {
+        #[derive(Deserialize)]
+        struct Page {
+            total_count: u64,
+            runners: Vec<RunnerInfo>,
+        }
+        let mut all = vec![];
+        for page in 1..=100u32 {
+            let route = format!("{}/actions/runners?per_page=100&page={page}", self.prefix());
+            let (_, bytes) = self
+                .send("list runners", http::Method::GET, route, None)
+                .await?;
+            let p: Page = serde_json::from_slice(&bytes)
+                .map_err(|e| ForgeError::Decode("list runners", e.to_string()))?;
+            let n = p.runners.len();
+            all.extend(p.runners);
+            if n < 100 || all.len() as u64 >= p.total_count {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
     /// Delete runner `id`: 204 deleted, 422 busy, 404 gone.
     pub async fn delete_runner(&self, id: u64) -> Result<Deletion, ForgeError> {
         let route = format!("{}/actions/runners/{id}", self.prefix());

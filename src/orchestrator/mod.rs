@@ -18,10 +18,14 @@ use crate::backend::{Backend, BackendError};
 use crate::cli::{OrchestratorCli, RunnerCli};
 use crate::runner::config::RunnerConfig;
 
-/// A loop dying faster than this counts as a fast failure.
-const FAST_FAILURE: Duration = Duration::from_secs(30);
-/// Fast failures in a row before a loop is given up.
-const MAX_FAST_FAILURES: u32 = 5;
+/// A loop that ran this long before failing starts its failure count afresh.
+const HEALTHY_RUN: Duration = Duration::from_secs(600);
+/// Longest wait before restarting a failed loop.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(300);
+/// Failures in a row (no healthy run between them) before a loop is given up. With
+/// the loop's own limit of 5 failed VMs, a broken image registers at most ~25
+/// runners before everything stops, instead of one every few seconds forever.
+const MAX_LOOP_FAILURES: u32 = 5;
 /// Supervision tick.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -89,7 +93,7 @@ struct LoopSlot {
     index: u32,
     dir: Option<PathBuf>,
     state: LoopState,
-    fast_failures: u32,
+    failures: u32,
     started_once: bool,
 }
 
@@ -169,6 +173,52 @@ async fn sweep(tmp: &Path, prefix: &str, backend: &Backend) {
             }
         }
         Err(e) => warn!("cannot list VMs to clean up: {e}"),
+    }
+}
+
+/// Host-scoped clean-up of GitHub registrations: only names of exactly this prefix
+/// (`<prefix>-<loop>-<random>`), never another host's or tool's runners.
+struct Reconciler {
+    forge: crate::forge::Forge,
+    prefix: String,
+    /// Offline runners seen without a live VM on the previous pass.
+    marked: std::collections::HashSet<u64>,
+}
+
+impl Reconciler {
+    /// One pass. `live` are the VM names that exist now; with `at_start`, nothing of
+    /// ours can be running, so stale registrations go at once; otherwise an offline
+    /// runner with no VM is marked, and deleted only if still so on the next pass
+    /// (a runner that is just booting is never deleted).
+    async fn pass(&mut self, live: &[String], at_start: bool) {
+        let runners = match self.forge.list_runners().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("cannot list runners to clean up stale registrations: {e}");
+                return;
+            }
+        };
+        let mut marked = std::collections::HashSet::new();
+        for r in runners
+            .into_iter()
+            .filter(|r| is_vm_of(&r.name, &self.prefix))
+        {
+            if r.busy || r.status != "offline" || live.contains(&r.name) {
+                continue;
+            }
+            if at_start || self.marked.contains(&r.id) {
+                match self.forge.delete_runner(r.id).await {
+                    Ok(crate::forge::Deletion::Deleted) => {
+                        info!("deleted stale runner registration {}", r.name)
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("cannot delete stale runner {}: {e}", r.name),
+                }
+            } else {
+                marked.insert(r.id);
+            }
+        }
+        self.marked = marked;
     }
 }
 
@@ -309,6 +359,25 @@ async fn run(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError>
     let tmp = std::env::temp_dir();
     let _lock = lock(&tmp, &prefix)?;
     sweep(&tmp, &prefix, &backend).await;
+    let mut reconciler = match crate::forge::Forge::with_pat(
+        rcfg.endpoints.clone(),
+        rcfg.scope,
+        &rcfg.principal,
+        &rcfg.pat,
+    ) {
+        Ok(forge) => Some(Reconciler {
+            forge,
+            prefix: prefix.clone(),
+            marked: Default::default(),
+        }),
+        Err(e) => {
+            warn!("cannot reach GitHub to clean up stale registrations: {e}");
+            None
+        }
+    };
+    if let Some(r) = reconciler.as_mut() {
+        r.pass(&[], true).await;
+    }
 
     let root = match isolation {
         true => {
@@ -321,17 +390,18 @@ async fn run(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError>
         }
         false => None,
     };
+    let launcher = Launcher::new(
+        &cli, verbose, &prefix, isolation, &backend, args, pat, secret,
+    )?;
     let result = supervise(
         &cli,
-        verbose,
         &prefix,
         isolation,
         root.as_deref(),
         &rcfg,
         &backend,
-        args,
-        pat,
-        secret,
+        launcher,
+        reconciler,
     )
     .await;
     // Whatever happened: no VM of ours and no environment directory may remain.
@@ -349,50 +419,66 @@ async fn run(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError>
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+impl Launcher {
+    /// The `runner` beside us (or on PATH), its arguments, and its environment
+    /// (design.md §3: the orchestrator's variables, and the secrets moved out of argv).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        cli: &OrchestratorCli,
+        verbose: u8,
+        prefix: &str,
+        isolation: bool,
+        backend: &Backend,
+        args: Vec<String>,
+        pat: Option<String>,
+        secret: Option<String>,
+    ) -> Result<Launcher, OrchestratorError> {
+        let runner = std::env::current_exe()
+            .ok()
+            .map(|e| e.with_file_name("runner"))
+            .filter(|p| p.is_file())
+            .or_else(|| which::which("runner").ok())
+            .ok_or_else(|| {
+                OrchestratorError::Usage(
+                    "cannot find the runner executable beside the orchestrator or on PATH".into(),
+                )
+            })?;
+        let mut env = vec![
+            ("RUNNER_PREFIX".to_string(), prefix.to_string()),
+            (
+                "RUNNER_RUNTIME".to_string(),
+                backend.runtime().name().to_string(),
+            ),
+            ("RUNNER_VERBOSE".to_string(), verbose.to_string()),
+        ];
+        if let Some(l) = &cli.log {
+            env.push(("RUNNER_LOG".into(), l.display().to_string()));
+        }
+        if !isolation {
+            env.push(("RUNNER_ISOLATION".into(), "0".into()));
+        }
+        if let Some(p) = pat {
+            env.push(("RUNNER_PAT".into(), p));
+        }
+        if let Some(s) = secret {
+            env.push(("RUNNER_SECRET".into(), s));
+        }
+        Ok(Launcher { runner, args, env })
+    }
+}
+
 async fn supervise(
     cli: &OrchestratorCli,
-    verbose: u8,
     prefix: &str,
     isolation: bool,
     root: Option<&Path>,
     rcfg: &RunnerConfig,
     backend: &Backend,
-    args: Vec<String>,
-    pat: Option<String>,
-    secret: Option<String>,
+    launcher: Launcher,
+    mut reconciler: Option<Reconciler>,
 ) -> Result<(), OrchestratorError> {
-    let runner = std::env::current_exe()
-        .ok()
-        .map(|e| e.with_file_name("runner"))
-        .filter(|p| p.is_file())
-        .or_else(|| which::which("runner").ok())
-        .ok_or_else(|| {
-            OrchestratorError::Usage(
-                "cannot find the runner executable beside the orchestrator or on PATH".into(),
-            )
-        })?;
-    let mut env = vec![
-        ("RUNNER_PREFIX".to_string(), prefix.to_string()),
-        (
-            "RUNNER_RUNTIME".to_string(),
-            backend.runtime().name().to_string(),
-        ),
-        ("RUNNER_VERBOSE".to_string(), verbose.to_string()),
-    ];
-    if let Some(l) = &cli.log {
-        env.push(("RUNNER_LOG".into(), l.display().to_string()));
-    }
-    if !isolation {
-        env.push(("RUNNER_ISOLATION".into(), "0".into()));
-    }
-    if let Some(p) = pat {
-        env.push(("RUNNER_PAT".into(), p));
-    }
-    if let Some(s) = secret {
-        env.push(("RUNNER_SECRET".into(), s));
-    }
-    let launcher = Launcher { runner, args, env };
+    let every = Duration::from_secs(cli.reconcile);
+    let mut next_reconcile = Instant::now() + every;
 
     let mut slots = Vec::new();
     for i in 1..=cli.runners {
@@ -411,7 +497,7 @@ async fn supervise(
             state: LoopState::Waiting {
                 not_before: Instant::now(),
             },
-            fast_failures: 0,
+            failures: 0,
             started_once: false,
         });
     }
@@ -489,17 +575,23 @@ async fn supervise(
                             ));
                         }
                         _ => {
-                            s.fast_failures = if ran < FAST_FAILURE {
-                                s.fast_failures + 1
+                            s.failures = if ran >= HEALTHY_RUN {
+                                1
                             } else {
-                                0
+                                s.failures + 1
                             };
-                            if s.fast_failures >= MAX_FAST_FAILURES {
-                                let why = format!("loop {} failed {} times in a row within {}s of starting ({st}); given up", s.index, s.fast_failures, FAST_FAILURE.as_secs());
+                            if s.failures >= MAX_LOOP_FAILURES {
+                                let why = format!(
+                                    "loop {} failed {} times in a row ({st} after {}s, last); given up",
+                                    s.index,
+                                    s.failures,
+                                    ran.as_secs()
+                                );
                                 warn!("{why}");
                                 s.state = LoopState::Failed(why);
                             } else {
-                                let backoff = Duration::from_secs(1 << s.fast_failures.min(6));
+                                let backoff = Duration::from_secs(1 << s.failures.min(8))
+                                    .min(MAX_RESTART_BACKOFF);
                                 warn!(
                                     "loop {} died ({st}) after {}s; restarting in {}s",
                                     s.index,
@@ -526,6 +618,16 @@ async fn supervise(
                 .all(|s| matches!(s.state, LoopState::Done | LoopState::Failed(_)))
         {
             break;
+        }
+        if Instant::now() >= next_reconcile {
+            if let Some(r) = reconciler.as_mut() {
+                // Never judge registrations against an unknown set of live VMs.
+                match backend.list(prefix).await {
+                    Ok(live) => r.pass(&live, false).await,
+                    Err(e) => warn!("cannot list VMs; skipping the registration clean-up: {e}"),
+                }
+            }
+            next_reconcile = Instant::now() + every;
         }
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
