@@ -396,7 +396,6 @@ async fn run(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError>
     let result = supervise(
         &cli,
         &prefix,
-        isolation,
         root.as_deref(),
         &rcfg,
         &backend,
@@ -470,13 +469,14 @@ impl Launcher {
 async fn supervise(
     cli: &OrchestratorCli,
     prefix: &str,
-    isolation: bool,
     root: Option<&Path>,
     rcfg: &RunnerConfig,
     backend: &Backend,
     launcher: Launcher,
     mut reconciler: Option<Reconciler>,
 ) -> Result<(), OrchestratorError> {
+    // The environment root exists exactly when loops are isolated.
+    let isolation = root.is_some();
     let every = Duration::from_secs(cli.reconcile);
     let mut next_reconcile = Instant::now() + every;
 
