@@ -4,6 +4,7 @@
 
 mod cli;
 mod common;
+mod forge_faults;
 mod handshake;
 mod lifecycle;
 mod loop_e2e;

@@ -71,6 +71,17 @@ impl Endpoints {
     }
 }
 
+/// Attempts of an idempotent request before its error is returned.
+const MAX_ATTEMPTS: u32 = 5;
+/// The longest wait between two attempts, whatever GitHub asks.
+const MAX_WAIT: Duration = Duration::from_secs(900);
+
+/// Exponential back-off from 1 s, ×(0.5–1.5) jitter, at most 60 s.
+fn backoff(attempt: u32) -> Duration {
+    let base = (1u64 << attempt.min(6)).min(60) as f64;
+    Duration::from_secs_f64(base * rand::random_range(0.5..1.5))
+}
+
 /// Failures talking to GitHub.
 #[derive(Debug, thiserror::Error)]
 pub enum ForgeError {
@@ -91,6 +102,9 @@ pub enum ForgeError {
         message: String,
         /// A hint at the fix, with `X-Accepted-GitHub-Permissions` when sent.
         hint: String,
+        /// How long GitHub asked us to wait (`retry-after`, or until
+        /// `x-ratelimit-reset` when `x-ratelimit-remaining` is 0).
+        retry_after: Option<Duration>,
     },
     /// `generate-jitconfig` answered 409: the name exists.
     #[error("a runner named {0} already exists at GitHub")]
@@ -111,12 +125,24 @@ pub enum ForgeError {
 }
 
 impl ForgeError {
-    /// Worth trying again later (5xx, 429, no answer)?
+    /// Worth trying again later (5xx, 429, a rate-limited 403, no answer)?
     pub fn is_transient(&self) -> bool {
         match self {
             ForgeError::Transport(..) => true,
-            ForgeError::Refused { status, .. } => *status >= 500 || *status == 429,
+            ForgeError::Refused {
+                status,
+                retry_after,
+                ..
+            } => *status >= 500 || *status == 429 || (*status == 403 && retry_after.is_some()),
             _ => false,
+        }
+    }
+
+    /// The wait GitHub asked for, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ForgeError::Refused { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -222,7 +248,42 @@ impl Forge {
         }
     }
 
+    /// Send a request; idempotent ones (all but the JIT POST, whose retries belong to
+    /// the caller) are retried on transient failures: after `retry-after` or the rate
+    /// limit reset when GitHub gives one, else with jittered exponential back-off.
     async fn send(
+        &self,
+        what: &'static str,
+        method: http::Method,
+        route: String,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, Vec<u8>), ForgeError> {
+        let idempotent = !(method == http::Method::POST && route.ends_with("/generate-jitconfig"));
+        let mut attempt = 0u32;
+        loop {
+            let result = self
+                .send_once(what, method.clone(), route.clone(), body.clone())
+                .await;
+            match &result {
+                Err(e) if idempotent && e.is_transient() && attempt + 1 < MAX_ATTEMPTS => {
+                    let wait = e
+                        .retry_after()
+                        .unwrap_or_else(|| backoff(attempt))
+                        .min(MAX_WAIT);
+                    tracing::warn!(
+                        "{e}; trying again in {:.1}s ({}/{MAX_ATTEMPTS})",
+                        wait.as_secs_f64(),
+                        attempt + 1
+                    );
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                _ => return result,
+            }
+        }
+    }
+
+    async fn send_once(
         &self,
         what: &'static str,
         method: http::Method,
@@ -236,11 +297,24 @@ impl Forge {
         }
         .map_err(|e| ForgeError::Transport(what, e))?;
         let status = resp.status();
-        let accepted = resp
-            .headers()
-            .get("x-accepted-github-permissions")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |k: &str| {
+            resp.headers()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let accepted = header("x-accepted-github-permissions");
+        let retry_after = header("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .or_else(|| {
+                (header("x-ratelimit-remaining").as_deref() == Some("0"))
+                    .then(|| header("x-ratelimit-reset").and_then(|r| r.parse::<i64>().ok()))
+                    .flatten()
+                    .map(|reset| {
+                        Duration::from_secs((reset - chrono::Utc::now().timestamp()).max(1) as u64)
+                    })
+            });
         let bytes = resp
             .into_body()
             .collect()
@@ -285,6 +359,7 @@ impl Forge {
             status: status.as_u16(),
             message,
             hint,
+            retry_after,
         })
     }
 

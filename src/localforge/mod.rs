@@ -128,8 +128,51 @@ pub struct Stats {
     pub credentials_seen: HashSet<String>,
 }
 
+/// A failure the forge injects into matching requests (tests of the client).
+#[derive(Debug, Clone)]
+pub enum FaultKind {
+    /// Answer with this status and GitHub's headers: `retry_after` seconds, or
+    /// `x-ratelimit-remaining: 0` with a reset `reset_in` seconds from now, or
+    /// `x-accepted-github-permissions`.
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// `retry-after` seconds.
+        retry_after: Option<u64>,
+        /// Primary rate limit reset, seconds from now.
+        reset_in: Option<u64>,
+        /// `x-accepted-github-permissions`.
+        permissions: Option<String>,
+    },
+    /// Do the work (create the runner), then answer 500.
+    CreatedThen500,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Fault {
+    pub(crate) method: String,
+    pub(crate) path_contains: String,
+    pub(crate) times: u32,
+    pub(crate) kind: FaultKind,
+}
+
+/// One request as the forge saw it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// When it arrived.
+    pub at: Instant,
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Status answered.
+    pub status: u16,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct State {
+    pub(crate) faults: Vec<Fault>,
+    pub(crate) requests: Vec<Request>,
     pub(crate) pats: HashSet<String>,
     pub(crate) next_id: u64,
     pub(crate) runners: BTreeMap<u64, Runner>,
@@ -304,6 +347,22 @@ impl LocalForge {
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.lock().stats.clone()
+    }
+
+    /// Make the next `times` requests whose method is `method` and whose path
+    /// contains `path_contains` fail as `kind`.
+    pub fn inject(&self, method: &str, path_contains: &str, times: u32, kind: FaultKind) {
+        self.lock().faults.push(Fault {
+            method: method.into(),
+            path_contains: path_contains.into(),
+            times,
+            kind,
+        });
+    }
+
+    /// Every REST request so far (not the fake runner's protocol).
+    pub fn requests(&self) -> Vec<Request> {
+        self.lock().requests.clone()
     }
 
     /// Did any request carry exactly this credential?

@@ -12,7 +12,7 @@ use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{JobStatus, Runner, Scope, State};
+use super::{FaultKind, JobStatus, Runner, Scope, State};
 
 type Shared = Arc<Mutex<State>>;
 
@@ -160,8 +160,75 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
         return error(StatusCode::UNAUTHORIZED, "Bad credentials");
     }
 
+    // Injected faults (tests): the first matching one with uses left.
+    let full = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let fault = st
+        .faults
+        .iter_mut()
+        .find(|f| {
+            f.times > 0 && f.method == parts.method.as_str() && full.contains(&f.path_contains)
+        })
+        .map(|f| {
+            f.times -= 1;
+            f.kind.clone()
+        });
+    let resp = match fault {
+        Some(FaultKind::Status {
+            status,
+            retry_after,
+            reset_in,
+            permissions,
+        }) => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let msg = match status {
+                429 | 403 if retry_after.is_some() || reset_in.is_some() => "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+                403 => "Resource not accessible by personal access token",
+                _ => "Server Error",
+            };
+            let mut r = error(code, msg);
+            let h = r.headers_mut();
+            if let Some(s) = retry_after {
+                h.insert("retry-after", s.into());
+            }
+            if let Some(s) = reset_in {
+                let reset = chrono::Utc::now().timestamp() as u64 + s;
+                h.insert("x-ratelimit-remaining", 0.into());
+                h.insert("x-ratelimit-reset", reset.into());
+            }
+            if let Some(p) = permissions.and_then(|p| p.parse().ok()) {
+                h.insert("x-accepted-github-permissions", p);
+            }
+            r
+        }
+        Some(FaultKind::CreatedThen500) => {
+            let _ = route(&mut st, &parts, &segs, &q, &path, &body);
+            error(StatusCode::INTERNAL_SERVER_ERROR, "Server Error")
+        }
+        None => route(&mut st, &parts, &segs, &q, &path, &body),
+    };
+    st.requests.push(super::Request {
+        at: std::time::Instant::now(),
+        method: parts.method.to_string(),
+        path: full,
+        status: resp.status().as_u16(),
+    });
+    resp
+}
+
+fn route(
+    st: &mut State,
+    parts: &axum::http::request::Parts,
+    segs: &[&str],
+    q: &HashMap<String, String>,
+    path: &str,
+    body: &Bytes,
+) -> Response {
     // Scope prefix: repos/O/R, orgs/O, enterprises/E.
-    let (scope, rest) = match segs.as_slice() {
+    let (scope, rest) = match segs {
         ["repos", o, r, rest @ ..] => (Scope::Repo(o.to_string(), r.to_string()), rest),
         ["orgs", o, rest @ ..] => (Scope::Org(o.to_string()), rest),
         ["enterprises", e, rest @ ..] => (Scope::Enterprise(e.to_string()), rest),
@@ -195,9 +262,7 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
                 json!({"token": token, "expires_at": expires()}),
             )
         }
-        ["actions", "runners", "generate-jitconfig"] if m == Method::POST => {
-            jit(&mut st, scope, &body)
-        }
+        ["actions", "runners", "generate-jitconfig"] if m == Method::POST => jit(st, scope, body),
         ["actions", "runners"] if m == Method::GET => {
             let name = q.get("name");
             let items: Vec<Value> = st
@@ -206,7 +271,7 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
                 .filter(|r| r.scope == scope && name.is_none_or(|n| &r.name == n))
                 .map(runner_json)
                 .collect();
-            paged(items, "runners", &q, &parts.headers, &path)
+            paged(items, "runners", q, &parts.headers, path)
         }
         ["actions", "runners", id] => {
             let Some(r) = id
@@ -250,7 +315,7 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
                            "allows_public_repositories": true})
                 })
                 .collect();
-            paged(items, "runner_groups", &q, &parts.headers, &path)
+            paged(items, "runner_groups", q, &parts.headers, path)
         }
         _ => error(StatusCode::NOT_FOUND, "Not Found"),
     }

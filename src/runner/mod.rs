@@ -246,14 +246,18 @@ impl Loop {
                         Some(jit.runner_id),
                     ));
                 }
-                Err(e @ (ForgeError::Conflict(_) | ForgeError::Transport(..)))
-                | Err(e @ ForgeError::Refused { status: 500.., .. }) => {
+                Err(e) if matches!(e, ForgeError::Conflict(_)) || e.is_transient() => {
+                    // The POST may have created the runner although it failed: remove
+                    // whatever has that name, then use a fresh one (never a blind re-POST).
                     warn!("minting a JIT config for {name} failed ({e}); cleaning up and retrying under a new name ({attempt}/{MINT_ATTEMPTS})");
                     if let Ok(Some(r)) = self.forge.find_runner(&name).await {
                         let _ = self.forge.delete_runner(r.id).await;
                     }
+                    let wait = e
+                        .retry_after()
+                        .unwrap_or(Duration::from_secs(attempt as u64));
                     last = Some(e);
-                    tokio::time::sleep(Duration::from_secs(attempt as u64)).await;
+                    tokio::time::sleep(wait).await;
                 }
                 Err(e) => return Err(e.into()),
             }

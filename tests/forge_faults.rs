@@ -1,0 +1,169 @@
+//! GitHub misbehaving, as the local forge injects it: rate limits, server errors,
+//! a JIT POST that creates the runner but answers 500, a missing permission.
+
+use std::time::Duration;
+
+use ghrm::localforge::FaultKind;
+
+use crate::common::{World, PAT, REPO};
+
+fn status(
+    status: u16,
+    retry_after: Option<u64>,
+    reset_in: Option<u64>,
+    permissions: Option<&str>,
+) -> FaultKind {
+    FaultKind::Status {
+        status,
+        retry_after,
+        reset_in,
+        permissions: permissions.map(str::to_string),
+    }
+}
+
+/// One loop, one job, with the stand-in krunvm.
+fn one_job(w: &World, extra: &[&str]) -> (std::process::ExitStatus, String) {
+    w.forge.queue_job(REPO, &[], "echo ok");
+    let mut args = vec![
+        "-T", PAT, "-R", "krunvm", "-p", REPO, "-r", "1", "-u", "root",
+    ];
+    let url = w.forge.url();
+    args.extend(["-g", &url]);
+    args.extend(extra);
+    let mut p = w.spawn("runner", &args);
+    let st = p.finish(Duration::from_secs(90));
+    (st, p.log())
+}
+
+/// A JIT POST that creates the runner and still answers 500: the orphan is found by
+/// name and deleted, the next try uses a fresh name; no 409 storm, nothing left.
+#[test]
+fn created_then_500_leaves_exactly_one_runner() {
+    let w = World::new();
+    w.forge
+        .inject("POST", "/generate-jitconfig", 1, FaultKind::CreatedThen500);
+    let (st, log) = one_job(&w, &[]);
+    assert!(st.success(), "{st}\n{log}");
+    let stats = w.forge.stats();
+    assert_eq!(stats.jit_configs, 2, "{log}");
+    assert_eq!(stats.conflicts, 0, "{log}");
+    let posts = w
+        .forge
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/generate-jitconfig"))
+        .count();
+    assert_eq!(posts, 2, "{log}");
+    assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
+    assert!(
+        w.forge.jobs().iter().all(|j| j.exit_code == Some(0)),
+        "{log}"
+    );
+}
+
+/// A 429 with `retry-after: 2` on an idempotent call: the client waits that long,
+/// then succeeds.
+#[test]
+fn retry_after_is_respected() {
+    let w = World::new();
+    w.forge.inject(
+        "DELETE",
+        "/actions/runners/",
+        1,
+        status(429, Some(2), None, None),
+    );
+    let (st, log) = one_job(&w, &[]);
+    assert!(st.success(), "{st}\n{log}");
+    let deletes: Vec<_> = w
+        .forge
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .collect();
+    let limited = deletes
+        .iter()
+        .position(|r| r.status == 429)
+        .unwrap_or_else(|| panic!("no 429 seen\n{log}"));
+    let next = deletes
+        .get(limited + 1)
+        .unwrap_or_else(|| panic!("not retried\n{log}"));
+    let waited = next.at - deletes[limited].at;
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "retried after {waited:?}\n{log}"
+    );
+    assert!(w.forge.runners().is_empty(), "{log}");
+}
+
+/// A primary rate limit (`x-ratelimit-remaining: 0` + reset) is waited out too.
+#[test]
+fn rate_limit_reset_is_respected() {
+    let w = World::new();
+    w.forge.inject(
+        "POST",
+        "/registration-token",
+        1,
+        status(403, None, Some(2), None),
+    );
+    let (st, log) = one_job(&w, &["--no-jit"]);
+    assert!(st.success(), "{st}\n{log}");
+    let posts: Vec<_> = w
+        .forge
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/registration-token"))
+        .collect();
+    assert_eq!(posts.len(), 2, "{log}");
+    assert!(
+        posts[1].at - posts[0].at >= Duration::from_millis(900),
+        "{log}"
+    );
+}
+
+/// 5xx on idempotent calls are retried with back-off and recovered from.
+#[test]
+fn server_errors_are_recovered() {
+    let w = World::new();
+    w.forge.inject(
+        "POST",
+        "/registration-token",
+        2,
+        status(503, None, None, None),
+    );
+    w.forge.inject(
+        "GET",
+        "/actions/runners?name=",
+        1,
+        status(502, None, None, None),
+    );
+    let (st, log) = one_job(&w, &["--no-jit"]);
+    assert!(st.success(), "{st}\n{log}");
+    assert!(log.contains("503") && log.contains("trying again"), "{log}");
+    assert!(
+        w.forge.jobs().iter().all(|j| j.exit_code == Some(0)),
+        "{log}"
+    );
+    assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
+}
+
+/// A credential without the permission: one clear error that names it, no retries.
+#[test]
+fn missing_permission_is_one_clear_error() {
+    let w = World::new();
+    w.forge.inject(
+        "POST",
+        "/generate-jitconfig",
+        100,
+        status(403, None, None, Some("administration=write")),
+    );
+    let (st, log) = one_job(&w, &[]);
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("administration=write"), "{log}");
+    let posts = w
+        .forge
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/generate-jitconfig"))
+        .count();
+    assert_eq!(posts, 1, "retried a permission error\n{log}");
+}
