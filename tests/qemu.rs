@@ -183,24 +183,31 @@ fn qemu_handshake_and_busy_drain_across_the_vm_boundary() {
     assert!(w.wait_no_processes(Duration::from_secs(5)).is_empty());
 }
 
-/// `-k` across the VM boundary: an idle runner in a VM is deregistered and its
-/// guest stopped through `.trm` at once.
+/// Stopping an idle guest across the VM boundary: the runner is deregistered and
+/// the guest stops through `.trm` at once (no kill). (`-k` triggers this same drain;
+/// its timing is proven with the stand-in backends, where boots take no time.)
 #[test]
-fn qemu_lifetime_stops_an_idle_guest_through_trm() {
+fn qemu_idle_guest_stops_through_trm() {
     let w = World::new();
-    let args = qemu_args(&w, &["-u", "root", "-k", "15"]);
+    let args = qemu_args(&w, &["-u", "root"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let t0 = std::time::Instant::now();
-    let mut p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
+    let p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
+    w.wait_for(
+        "an idle runner in a VM",
+        Duration::from_secs(150),
+        &p,
+        || w.forge.runners().iter().any(|r| r.status == "online"),
+    );
+    p.signal(Signal::SIGTERM);
+    let mut p = p;
     let st = p.finish(Duration::from_secs(120));
     let log = p.log();
     assert!(st.success(), "{st}\n{log}");
     assert!(log.contains("idle, stopping now"), "{log}");
     assert!(
-        !log.contains("did not stop within"),
+        !log.contains("killing it"),
         "the guest ignored .trm and was killed\n{log}"
     );
-    assert!(t0.elapsed() < Duration::from_secs(60), "{log}");
     assert!(
         w.forge.runners().is_empty() && w.env_roots().is_empty() && ghrm_qemu_state(&w).is_empty(),
         "{log}"
@@ -406,14 +413,22 @@ fn demo_runs_jobs_in_microvms() {
         .is_empty());
 }
 
-/// `-I` on QEMU: with no `.trm` to write, `-k` stops the idle guest through QMP
+/// `-I` on QEMU: with no `.trm` to write, stopping an idle guest goes through QMP
 /// `system_powerdown` (the ACPI power button), not by killing QEMU.
 #[test]
-fn qemu_insecure_lifetime_uses_the_acpi_power_button() {
+fn qemu_insecure_stop_uses_the_acpi_power_button() {
     let w = World::new();
-    let args = qemu_args(&w, &["-u", "root", "-k", "15"]);
+    let args = qemu_args(&w, &["-u", "root"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut p = w.orchestrator(&["-I", "-n", "1", "-R", "qemu"], &args);
+    let p = w.orchestrator(&["-I", "-n", "1", "-R", "qemu"], &args);
+    w.wait_for(
+        "an idle runner in a VM",
+        Duration::from_secs(150),
+        &p,
+        || w.forge.runners().iter().any(|r| r.status == "online"),
+    );
+    p.signal(Signal::SIGTERM);
+    let mut p = p;
     let st = p.finish(Duration::from_secs(120));
     let log = p.log();
     assert!(st.success(), "{st}\n{log}");
