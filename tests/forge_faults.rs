@@ -167,3 +167,165 @@ fn missing_permission_is_one_clear_error() {
         .count();
     assert_eq!(posts, 1, "retried a permission error\n{log}");
 }
+
+/// A GitHub App key pair made for this test (never committed); returns (private, public) paths.
+fn app_key(w: &World, name: &str) -> (std::path::PathBuf, String) {
+    let key = w.dir.path().join(format!("{name}.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "openssl genrsa: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let public = std::process::Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(public.status.success());
+    (key, String::from_utf8(public.stdout).unwrap())
+}
+
+/// App authentication end to end: the loop runs jobs with App credentials only
+/// (JWT → installation looked up → installation token), and warns about a key file
+/// others can read.
+#[test]
+fn github_app_credentials_run_jobs() {
+    let w = World::new();
+    let (key, public) = app_key(&w, "app");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    w.forge.add_app(4242, &public, 77, "acme");
+    w.forge.queue_job(REPO, &[], "echo app-ok");
+    let url = w.forge.url();
+    let key_s = key.display().to_string();
+    let mut p = w.spawn(
+        "orchestrator",
+        &[
+            "-n",
+            "1",
+            "-R",
+            "krunvm",
+            "--",
+            "--app-id",
+            "4242",
+            "--app-key",
+            &key_s,
+            "-g",
+            &url,
+            "-p",
+            REPO,
+            "-r",
+            "1",
+            "-u",
+            "root",
+        ],
+    );
+    let st = p.finish(Duration::from_secs(60));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(
+        w.forge
+            .jobs()
+            .iter()
+            .all(|j| j.exit_code == Some(0) && j.output.contains("app-ok")),
+        "{log}"
+    );
+    assert!(w.forge.stats().installation_tokens >= 1, "{log}");
+    assert!(!w.forge.saw_credential(PAT), "a PAT was used");
+    assert!(log.contains("readable by other users"), "{log}");
+    assert!(w.forge.runners().is_empty(), "{log}");
+    // The key never reached the guest side.
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    let second_line = key_text.lines().nth(1).unwrap();
+    assert!(!w.read_state("backend-env.log").contains(second_line) && !log.contains(second_line));
+}
+
+/// A key that is not the App's: one clear error naming the credential, exit 1.
+#[test]
+fn wrong_app_key_is_one_clear_error() {
+    let w = World::new();
+    let (_, public) = app_key(&w, "real");
+    let (other, _) = app_key(&w, "other");
+    w.forge.add_app(4242, &public, 77, "acme");
+    let url = w.forge.url();
+    let other = other.display().to_string();
+    let o = w
+        .command("runner")
+        .args([
+            "-R",
+            "krunvm",
+            "--app-id",
+            "4242",
+            "--app-key",
+            &other,
+            "-g",
+            &url,
+            "-p",
+            REPO,
+            "-r",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("401") && err.contains("--app-id/--app-key"),
+        "{err}"
+    );
+}
+
+/// Installation tokens are refreshed before they expire: with 32 s tokens (octocrab
+/// refreshes when less than 30 s remain) a loop running for several seconds mints
+/// new ones and is never refused.
+#[test]
+fn installation_tokens_are_refreshed_before_expiry() {
+    let w = World::new();
+    let (key, public) = app_key(&w, "app");
+    w.forge.add_app(4242, &public, 77, "acme");
+    w.forge.set_installation_token_ttl(Duration::from_secs(32));
+    for _ in 0..2 {
+        w.forge.queue_job(REPO, &[], "sleep 3; echo refreshed-ok");
+    }
+    let url = w.forge.url();
+    let key_s = key.display().to_string();
+    let mut p = w.spawn(
+        "runner",
+        &[
+            "-R",
+            "krunvm",
+            "--app-id",
+            "4242",
+            "--app-key",
+            &key_s,
+            "--installation-id",
+            "77",
+            "-g",
+            &url,
+            "-p",
+            REPO,
+            "-r",
+            "2",
+            "-u",
+            "root",
+        ],
+    );
+    let st = p.finish(Duration::from_secs(60));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(
+        w.forge.stats().installation_tokens >= 2,
+        "no refresh: {:?}\n{log}",
+        w.forge.stats()
+    );
+    assert_eq!(w.forge.stats().unauthorized, 0, "{log}");
+    assert!(
+        w.forge.jobs().iter().all(|j| j.exit_code == Some(0)),
+        "{log}"
+    );
+}

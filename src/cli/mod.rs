@@ -207,6 +207,24 @@ pub struct RunnerOpts {
     /// More output; repeat for more (RUNNER_VERBOSE: a number).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// GitHub App id (with --app-key): authenticate as an App installation instead of a PAT.
+    #[arg(long = "app-id", env = "RUNNER_APP_ID", requires = "app_key")]
+    pub app_id: Option<u64>,
+    /// GitHub App private key, a PEM file; it stays on the host (warned when group/world readable).
+    #[arg(
+        long = "app-key",
+        env = "RUNNER_APP_KEY",
+        requires = "app_id",
+        value_name = "PEM_FILE"
+    )]
+    pub app_key: Option<PathBuf>,
+    /// App installation id (default: the installation on the principal, looked up).
+    #[arg(
+        long = "installation-id",
+        env = "RUNNER_INSTALLATION_ID",
+        requires = "app_id"
+    )]
+    pub installation_id: Option<u64>,
     /// Use a registration token and config.sh instead of a JIT config.
     #[arg(long = "no-jit", env = "RUNNER_NO_JIT")]
     pub no_jit: bool,

@@ -189,6 +189,38 @@ impl std::fmt::Debug for Jit {
     }
 }
 
+/// How the host authenticates to GitHub.
+#[derive(Clone)]
+pub enum Auth {
+    /// A personal access token.
+    Pat(String),
+    /// A GitHub App: its id, private key (PEM) and installation (looked up when absent).
+    App {
+        /// App id.
+        app_id: u64,
+        /// The private key, PEM.
+        key_pem: Vec<u8>,
+        /// Installation id.
+        installation: Option<u64>,
+    },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Pat(_) => write!(f, "Pat(<redacted>)"),
+            Auth::App {
+                app_id,
+                installation,
+                ..
+            } => write!(
+                f,
+                "App {{ app_id: {app_id}, installation: {installation:?}, key: <redacted> }}"
+            ),
+        }
+    }
+}
+
 /// The GitHub client for one scope and principal.
 pub struct Forge {
     crab: Octocrab,
@@ -219,6 +251,69 @@ impl Forge {
             principal: principal.into(),
             endpoints,
         })
+    }
+
+    /// Build a client for `auth`. For an App, the installation is looked up on the
+    /// principal when not given; octocrab mints and refreshes its installation tokens.
+    pub async fn new(
+        endpoints: Endpoints,
+        scope: ScopeKind,
+        principal: &str,
+        auth: &Auth,
+    ) -> Result<Forge, ForgeError> {
+        let (app_id, pem, installation) = match auth {
+            Auth::Pat(pat) => return Forge::with_pat(endpoints, scope, principal, pat),
+            Auth::App {
+                app_id,
+                key_pem,
+                installation,
+            } => (*app_id, key_pem, *installation),
+        };
+        let setup = |e| ForgeError::Setup(endpoints.api.clone(), e);
+        let app = Octocrab::builder()
+            .base_uri(endpoints.api.as_str())
+            .map_err(setup)?
+            .app_from_rsa_pem(octocrab::models::AppId(app_id), pem)
+            .map_err(setup)?
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .build()
+            .map_err(setup)?;
+        let mut forge = Forge {
+            crab: app,
+            scope,
+            principal: principal.into(),
+            endpoints: endpoints.clone(),
+        };
+        let id = match installation {
+            Some(id) => id,
+            None => {
+                let route = match scope {
+                    ScopeKind::Repo => format!("/repos/{principal}/installation"),
+                    _ => format!("/orgs/{principal}/installation"),
+                };
+                let (_, body) = forge
+                    .send(
+                        "find the App's installation",
+                        http::Method::GET,
+                        route,
+                        None,
+                    )
+                    .await?;
+                #[derive(Deserialize)]
+                struct Installation {
+                    id: u64,
+                }
+                serde_json::from_slice::<Installation>(&body)
+                    .map_err(|e| ForgeError::Decode("installation", e.to_string()))?
+                    .id
+            }
+        };
+        forge.crab = forge
+            .crab
+            .installation(octocrab::models::InstallationId(id))
+            .map_err(setup)?;
+        Ok(forge)
     }
 
     /// `/repos/O/R`, `/orgs/O` or `/enterprises/E`.
@@ -341,7 +436,7 @@ impl Forge {
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
         let hint = match (status.as_u16(), accepted) {
             (_, Some(p)) => format!(" (the credential lacks the permission GitHub asks for: {p})"),
-            (401, _) => " (the PAT given with -T/RUNNER_PAT is invalid or expired)".to_string(),
+            (401, _) => " (the credential is invalid or expired: check -T/RUNNER_PAT, or --app-id/--app-key)".to_string(),
             (403 | 404, _) => format!(
                 " (check -s/-p: {} {:?} must exist and be visible to the PAT; {})",
                 match self.scope {

@@ -119,6 +119,8 @@ pub struct Stats {
     pub registration_tokens: u64,
     /// 409 answers to generate-jitconfig.
     pub conflicts: u64,
+    /// Installation tokens minted for Apps.
+    pub installation_tokens: u64,
     /// Successful runner deletions through the REST API.
     pub deletions: u64,
     /// Requests with an unknown or missing credential.
@@ -169,8 +171,21 @@ pub struct Request {
     pub status: u16,
 }
 
+/// A GitHub App the forge knows: its public key and one installation.
+#[derive(Debug, Clone)]
+pub(crate) struct App {
+    pub(crate) public_pem: String,
+    pub(crate) installation: u64,
+    pub(crate) owner: String,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct State {
+    pub(crate) apps: HashMap<u64, App>,
+    /// Installation tokens and when they expire.
+    pub(crate) installation_tokens: HashMap<String, Instant>,
+    /// Lifetime of new installation tokens (GitHub: one hour).
+    pub(crate) token_ttl: Option<std::time::Duration>,
     pub(crate) faults: Vec<Fault>,
     pub(crate) requests: Vec<Request>,
     pub(crate) pats: HashSet<String>,
@@ -347,6 +362,24 @@ impl LocalForge {
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.lock().stats.clone()
+    }
+
+    /// Register GitHub App `app_id` (RS256 public key, PEM) with one installation on
+    /// `owner` (a user or organisation).
+    pub fn add_app(&self, app_id: u64, public_pem: &str, installation: u64, owner: &str) {
+        self.lock().apps.insert(
+            app_id,
+            App {
+                public_pem: public_pem.into(),
+                installation,
+                owner: owner.into(),
+            },
+        );
+    }
+
+    /// Make installation tokens expire after `ttl` (GitHub: one hour).
+    pub fn set_installation_token_ttl(&self, ttl: std::time::Duration) {
+        self.lock().token_ttl = Some(ttl);
     }
 
     /// Make the next `times` requests whose method is `method` and whose path

@@ -155,7 +155,62 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
     if let Some(c) = &cred {
         st.stats.credentials_seen.insert(c.clone());
     }
-    if !cred.as_ref().is_some_and(|c| st.pats.contains(c)) {
+    // GitHub App endpoints authenticate with the App's JWT.
+    match segs.as_slice() {
+        ["app", "installations", id, "access_tokens"] if parts.method == Method::POST => {
+            let Some(app) = cred.as_deref().and_then(|t| verify_jwt(&st, t)) else {
+                st.stats.unauthorized += 1;
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "A JSON web token could not be decoded",
+                );
+            };
+            if st.apps.get(&app).map(|a| a.installation.to_string()) != Some(id.to_string()) {
+                return error(StatusCode::NOT_FOUND, "Not Found");
+            }
+            let token = format!(
+                "ghs_{}",
+                protocol::secret::random_alnum(36).unwrap_or_default()
+            );
+            let ttl = st.token_ttl.unwrap_or(std::time::Duration::from_secs(3600));
+            st.installation_tokens
+                .insert(token.clone(), Instant::now() + ttl);
+            st.stats.installation_tokens += 1;
+            let expires_at = (chrono::Utc::now()
+                + chrono::Duration::from_std(ttl).unwrap_or_default())
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            return ok_json(
+                StatusCode::CREATED,
+                json!({"token": token, "expires_at": expires_at, "permissions": {"administration": "write", "organization_self_hosted_runners": "write"}, "repository_selection": "all"}),
+            );
+        }
+        ["repos", owner, _, "installation"]
+        | ["orgs", owner, "installation"]
+        | ["users", owner, "installation"]
+            if parts.method == Method::GET =>
+        {
+            let Some(app) = cred.as_deref().and_then(|t| verify_jwt(&st, t)) else {
+                st.stats.unauthorized += 1;
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "A JSON web token could not be decoded",
+                );
+            };
+            return match st.apps.get(&app).filter(|a| a.owner == *owner) {
+                Some(a) => ok_json(
+                    StatusCode::OK,
+                    json!({"id": a.installation, "app_id": app, "account": {"login": a.owner}}),
+                ),
+                None => error(StatusCode::NOT_FOUND, "Not Found"),
+            };
+        }
+        _ => {}
+    }
+    let valid_installation = cred
+        .as_ref()
+        .and_then(|c| st.installation_tokens.get(c))
+        .is_some_and(|exp| *exp > Instant::now());
+    if !cred.as_ref().is_some_and(|c| st.pats.contains(c)) && !valid_installation {
         st.stats.unauthorized += 1;
         return error(StatusCode::UNAUTHORIZED, "Bad credentials");
     }
@@ -319,6 +374,45 @@ fn route(
         }
         _ => error(StatusCode::NOT_FOUND, "Not Found"),
     }
+}
+
+/// The App id of a valid RS256 JWT signed by a known App (`iss` = its id, lifetime
+/// at most 10 minutes, not expired).
+fn verify_jwt(st: &State, token: &str) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        iss: Value,
+        iat: i64,
+        exp: i64,
+    }
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    if header.alg != jsonwebtoken::Algorithm::RS256 {
+        return None;
+    }
+    for (id, app) in &st.apps {
+        let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(app.public_pem.as_bytes()) else {
+            continue;
+        };
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        // `iss` is checked below: octocrab sends the App id as a number, which
+        // jsonwebtoken's own (string) issuer check would call missing.
+        v.set_required_spec_claims(&["exp", "iat"]);
+        v.leeway = 60;
+        // GitHub App JWTs carry no audience.
+        v.validate_aud = false;
+        let Ok(data) = jsonwebtoken::decode::<Claims>(token, &key, &v) else {
+            continue;
+        };
+        let iss = match &data.claims.iss {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        };
+        if iss == Some(*id) && data.claims.exp - data.claims.iat <= 660 {
+            return Some(*id);
+        }
+    }
+    None
 }
 
 fn expires() -> String {

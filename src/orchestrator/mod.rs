@@ -359,12 +359,14 @@ async fn run(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError>
     let tmp = std::env::temp_dir();
     let _lock = lock(&tmp, &prefix)?;
     sweep(&tmp, &prefix, &backend).await;
-    let mut reconciler = match crate::forge::Forge::with_pat(
+    let mut reconciler = match crate::forge::Forge::new(
         rcfg.endpoints.clone(),
         rcfg.scope,
         &rcfg.principal,
-        &rcfg.pat,
-    ) {
+        &rcfg.auth,
+    )
+    .await
+    {
         Ok(forge) => Some(Reconciler {
             forge,
             prefix: prefix.clone(),

@@ -74,8 +74,8 @@ pub struct RunnerConfig {
     pub scope: ScopeKind,
     /// `owner/repo`, org or enterprise.
     pub principal: String,
-    /// The PAT (never logged, never sent to a guest).
-    pub pat: String,
+    /// How the host authenticates (never logged, never sent to a guest).
+    pub auth: crate::forge::Auth,
     /// Runner group name.
     pub group: String,
     /// Labels (never empty).
@@ -168,9 +168,32 @@ impl RunnerConfig {
             }
             _ => {}
         }
-        let Some(pat) = o.pat.clone().filter(|p| !p.is_empty()) else {
-            return err("no GitHub credential: set RUNNER_PAT (or -T) to a PAT that may manage self-hosted runners \
-                        (classic: repo for -s repo, admin:org for -s org, manage_runners:enterprise for -s enterprise)".into());
+        let auth = match (&o.app_id, &o.app_key, o.pat.clone().filter(|p| !p.is_empty())) {
+            (Some(id), Some(key), _) => {
+                use std::os::unix::fs::PermissionsExt;
+                let meta = std::fs::metadata(key).map_err(|e| ConfigError(format!("--app-key {}: {e}", key.display())))?;
+                let pem = std::fs::read(key).map_err(|e| ConfigError(format!("--app-key {}: {e}", key.display())))?;
+                if !pem.windows(10).any(|w| w == b"PRIVATE KE") {
+                    return err(format!("--app-key {}: not a PEM private key (download one from the App's settings)", key.display()));
+                }
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        "--app-key {} is readable by other users (mode {:o}): chmod 600 it",
+                        key.display(),
+                        meta.permissions().mode() & 0o777
+                    );
+                }
+                if o.scope == ScopeKind::Enterprise {
+                    return err("-s enterprise: GitHub Apps cannot manage enterprise runners; use a PAT with manage_runners:enterprise".into());
+                }
+                crate::forge::Auth::App { app_id: *id, key_pem: pem, installation: o.installation_id }
+            }
+            (_, _, Some(pat)) => crate::forge::Auth::Pat(pat),
+            _ => {
+                return err("no GitHub credential: set RUNNER_PAT (or -T) to a PAT that may manage self-hosted runners \
+                            (classic: repo for -s repo, admin:org for -s org, manage_runners:enterprise for -s enterprise), \
+                            or give a GitHub App with --app-id and --app-key".into())
+            }
         };
         if o.scope == ScopeKind::Repo && !o.group.eq_ignore_ascii_case("default") {
             return err(format!(
@@ -278,7 +301,7 @@ impl RunnerConfig {
             endpoints,
             scope: o.scope,
             principal,
-            pat,
+            auth,
             group: o.group.clone(),
             labels,
             jit: !o.no_jit,

@@ -118,7 +118,7 @@ impl Loop {
         stop: watch::Receiver<bool>,
     ) -> Result<Loop, RunnerError> {
         let backend = Backend::detect(cfg.runtime, &cfg.qemu)?;
-        let forge = Forge::with_pat(cfg.endpoints.clone(), cfg.scope, &cfg.principal, &cfg.pat)?;
+        let forge = Forge::new(cfg.endpoints.clone(), cfg.scope, &cfg.principal, &cfg.auth).await?;
         let group_id = forge.resolve_group(&cfg.group).await?;
         let (dir, own) = match (&cfg.environment, isolation) {
             (_, false) => (None, None),
