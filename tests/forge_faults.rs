@@ -329,3 +329,152 @@ fn installation_tokens_are_refreshed_before_expiry() {
         "{log}"
     );
 }
+
+/// Org and enterprise scopes end to end: their runners take the repository's jobs,
+/// with the runner group resolved by name (paged) and used for the JIT config.
+#[test]
+fn org_and_enterprise_scopes_with_groups() {
+    use ghrm::localforge::Scope;
+    let w = World::new();
+    let gid = w
+        .forge
+        .add_group(Scope::Org("acme".into()), "linux-vms", None);
+    w.forge.queue_job(REPO, &[], "echo org-ok");
+    let url = w.forge.url();
+    let mut p = w.spawn(
+        "runner",
+        &[
+            "-T",
+            PAT,
+            "-R",
+            "krunvm",
+            "-g",
+            &url,
+            "-s",
+            "org",
+            "-p",
+            "acme",
+            "-G",
+            "linux-vms",
+            "-r",
+            "1",
+            "-u",
+            "root",
+        ],
+    );
+    let st = p.finish(Duration::from_secs(60));
+    assert!(st.success(), "{st}\n{}", p.log());
+    let jit = w
+        .forge
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.path
+                .starts_with("/api/v3/orgs/acme/actions/runners/generate-jitconfig")
+        })
+        .count();
+    assert_eq!(jit, 1, "{}", p.log());
+    assert!(
+        w.forge
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("/orgs/acme/actions/runner-groups")),
+        "group not resolved"
+    );
+    assert!(gid > 1);
+
+    w.forge.queue_job(REPO, &[], "echo enterprise-ok");
+    let mut p = w.spawn(
+        "runner",
+        &[
+            "-T",
+            PAT,
+            "-R",
+            "krunvm",
+            "-g",
+            &url,
+            "-s",
+            "enterprise",
+            "-p",
+            "bigcorp",
+            "-r",
+            "1",
+            "-u",
+            "root",
+        ],
+    );
+    let st = p.finish(Duration::from_secs(60));
+    assert!(st.success(), "{st}\n{}", p.log());
+    assert!(w.forge.requests().iter().any(|r| r
+        .path
+        .starts_with("/api/v3/enterprises/bigcorp/actions/runners/generate-jitconfig")));
+    assert!(
+        w.forge.jobs().iter().all(|j| j.exit_code == Some(0)),
+        "{:?}",
+        w.forge.jobs()
+    );
+    assert!(w.forge.runners().is_empty());
+}
+
+/// A runner group that does not exist: one error naming it, the groups there are,
+/// and the flag to fix.
+#[test]
+fn unknown_runner_group_is_a_clear_error() {
+    use ghrm::localforge::Scope;
+    let w = World::new();
+    w.forge
+        .add_group(Scope::Org("acme".into()), "linux-vms", None);
+    let url = w.forge.url();
+    let o = w
+        .command("runner")
+        .args([
+            "-T", PAT, "-R", "krunvm", "-g", &url, "-s", "org", "-p", "acme", "-G", "gpu",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("runner group \"gpu\" does not exist")
+            && err.contains("Default, linux-vms")
+            && err.contains("-G"),
+        "{err}"
+    );
+}
+
+/// The orchestrator never registers runners faster than its budget: three loops
+/// with `--registrations 1/2` mint their JIT configs at least 2 s apart.
+#[test]
+fn registrations_respect_the_budget() {
+    let w = World::new();
+    for _ in 0..3 {
+        w.forge.queue_job(REPO, &[], "echo budget-ok");
+    }
+    let mut p = w.orchestrator(
+        &["-n", "3", "-R", "krunvm", "--registrations", "1/2"],
+        &["-r", "1", "-u", "root"],
+    );
+    let st = p.finish(Duration::from_secs(90));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    let mut mints: Vec<_> = w
+        .forge
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/generate-jitconfig"))
+        .map(|r| r.at)
+        .collect();
+    mints.sort();
+    assert_eq!(mints.len(), 3, "{log}");
+    for pair in mints.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= Duration::from_millis(1900),
+            "minted {:?} apart\n{log}",
+            pair[1] - pair[0]
+        );
+    }
+    assert!(
+        log.contains("registration budget (1 per 2s) used up"),
+        "{log}"
+    );
+}

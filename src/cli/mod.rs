@@ -225,6 +225,15 @@ pub struct RunnerOpts {
         requires = "app_id"
     )]
     pub installation_id: Option<u64>,
+    /// Registration budget shared by all loops of this prefix on this host: at most N
+    /// runner credentials minted per SECONDS (GitHub caps JIT configs per minute).
+    #[arg(
+        long = "registrations",
+        env = "RUNNER_REGISTRATIONS",
+        default_value = "30/60",
+        value_name = "N/SECONDS"
+    )]
+    pub registrations: crate::runner::budget::Rate,
     /// Use a registration token and config.sh instead of a JIT config.
     #[arg(long = "no-jit", env = "RUNNER_NO_JIT")]
     pub no_jit: bool,
@@ -320,6 +329,14 @@ pub struct OrchestratorCli {
     /// More output; repeat for more (ORCHESTRATOR_VERBOSE: a number).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Registration budget for all loops together: at most N runner credentials minted
+    /// per SECONDS (passed to the loops as RUNNER_REGISTRATIONS).
+    #[arg(
+        long = "registrations",
+        env = "ORCHESTRATOR_REGISTRATIONS",
+        value_name = "N/SECONDS"
+    )]
+    pub registrations: Option<crate::runner::budget::Rate>,
     /// Seconds between passes that delete this host's stale runner registrations
     /// (offline, prefix-matched, no live VM, seen on two passes).
     #[arg(long = "reconcile", env = "ORCHESTRATOR_RECONCILE", default_value_t = 300, value_name = "SECONDS",

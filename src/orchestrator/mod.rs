@@ -458,6 +458,9 @@ impl Launcher {
         if !isolation {
             env.push(("RUNNER_ISOLATION".into(), "0".into()));
         }
+        if let Some(r) = cli.registrations {
+            env.push(("RUNNER_REGISTRATIONS".into(), r.to_string()));
+        }
         if let Some(p) = pat {
             env.push(("RUNNER_PAT".into(), p));
         }

@@ -112,6 +112,8 @@ pub struct RunnerConfig {
     pub verbose: u8,
     /// QEMU settings.
     pub qemu: crate::backend::qemu::QemuConfig,
+    /// Registration budget.
+    pub registrations: crate::runner::budget::Rate,
 }
 
 impl RunnerConfig {
@@ -293,6 +295,7 @@ impl RunnerConfig {
             kernel: o.kernel.clone(),
         };
         Ok(RunnerConfig {
+            registrations: o.registrations,
             qemu,
             prefix,
             loop_id,

@@ -2,6 +2,7 @@
 //! single-use credential minted here on the host, a `.env` for the guest, a VM,
 //! and afterwards the VM, the `<id>.*` files and the GitHub registration removed.
 
+pub mod budget;
 pub mod config;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,9 @@ pub enum RunnerError {
     /// Host file system.
     #[error("cannot {0}")]
     Io(String, #[source] std::io::Error),
+    /// Asked to stop while waiting to register (not a failure).
+    #[error("stopped before a runner could be registered")]
+    Stopped,
     /// Guests keep failing.
     #[error("giving up: {count} VMs in a row failed to get their runner up (last: {last})")]
     GuestFailing {
@@ -102,6 +106,7 @@ pub struct Loop {
     stop: watch::Receiver<bool>,
     deadline: Option<Instant>,
     last_exit: Option<Instant>,
+    budget: budget::Budget,
 }
 
 fn random_id(loop_id: u32) -> Result<String, RunnerError> {
@@ -152,6 +157,7 @@ impl Loop {
         }
         backend.prepare(&cfg.image).await?;
         let deadline = cfg.terminate.map(|t| Instant::now() + t);
+        let (prefix_for_budget, rate_for_budget) = (cfg.prefix.clone(), cfg.registrations);
         info!(runtime = backend.runtime().name(), group = group_id, dir = ?dir, "runner loop {} ready", cfg.loop_id);
         Ok(Loop {
             cfg,
@@ -163,6 +169,7 @@ impl Loop {
             stop,
             deadline,
             last_exit: None,
+            budget: budget::Budget::for_prefix(&prefix_for_budget, rate_for_budget),
         })
     }
 
@@ -191,7 +198,13 @@ impl Loop {
                 info!("{done} iteration(s) done (-r): loop ends");
                 return Ok(());
             }
-            let it = self.iteration().await?;
+            let it = match self.iteration().await {
+                Err(RunnerError::Stopped) => {
+                    info!("asked to stop: loop ends after {done} job(s)");
+                    return Ok(());
+                }
+                r => r?,
+            };
             if it.ready {
                 done += 1;
                 failures = 0;
@@ -223,6 +236,18 @@ impl Loop {
     async fn mint(&self) -> Result<(String, Registration, Option<u64>), RunnerError> {
         let mut last = None;
         for attempt in 1..=MINT_ATTEMPTS {
+            self.budget
+                .take(&mut self.stop.clone())
+                .await
+                .map_err(|e| {
+                    RunnerError::Io(
+                        format!("use the registration budget {}", self.budget.file.display()),
+                        e,
+                    )
+                })?;
+            if self.stopping() {
+                return Err(RunnerError::Stopped);
+            }
             let id = random_id(self.cfg.loop_id)?;
             let name = format!("{}-{id}", self.cfg.prefix);
             if !self.cfg.jit {
