@@ -478,3 +478,46 @@ fn registrations_respect_the_budget() {
         "{log}"
     );
 }
+
+/// The breaker: a loop whose guest always fails (here: an image without any actions
+/// runner) stops after `--max-failures`, having registered exactly that many runners
+/// and left none behind.
+#[test]
+fn breaker_stops_a_loop_whose_guest_always_fails() {
+    let w = World::new();
+    let empty = w.dir.path().join("empty-image");
+    std::fs::create_dir_all(&empty).unwrap();
+    let url = w.forge.url();
+    let log = w.dir.path().join("breaker.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let mut cmd = w.command("runner");
+    cmd.env("GHRM_STANDIN_RUNNER", &empty)
+        .args([
+            "-T",
+            PAT,
+            "-R",
+            "krunvm",
+            "-g",
+            &url,
+            "-p",
+            REPO,
+            "--max-failures",
+            "3",
+            "--registrations",
+            "10/60",
+            "-u",
+            "root",
+        ])
+        .stdout(f.try_clone().unwrap())
+        .stderr(f);
+    let out = cmd.status().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(out.code(), Some(1), "{text}");
+    assert!(text.contains("giving up: 3 VMs in a row failed"), "{text}");
+    assert!(
+        text.contains("no runner-<version> directory"),
+        "the guest's reason is not reported:\n{text}"
+    );
+    assert_eq!(w.forge.stats().jit_configs, 3, "{text}");
+    assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
+}

@@ -234,6 +234,11 @@ pub struct RunnerOpts {
         value_name = "N/SECONDS"
     )]
     pub registrations: crate::runner::budget::Rate,
+    /// VMs in a row that may fail to get their runner up before the loop gives up
+    /// (exit 1); between them the loop backs off 2, 4, 8… seconds.
+    #[arg(long = "max-failures", env = "RUNNER_MAX_FAILURES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_failures: u32,
     /// Use a registration token and config.sh instead of a JIT config.
     #[arg(long = "no-jit", env = "RUNNER_NO_JIT")]
     pub no_jit: bool,

@@ -114,6 +114,8 @@ pub struct RunnerConfig {
     pub qemu: crate::backend::qemu::QemuConfig,
     /// Registration budget.
     pub registrations: crate::runner::budget::Rate,
+    /// Failed VMs in a row before the loop gives up.
+    pub max_failures: u32,
 }
 
 impl RunnerConfig {
@@ -296,6 +298,7 @@ impl RunnerConfig {
         };
         Ok(RunnerConfig {
             registrations: o.registrations,
+            max_failures: o.max_failures,
             qemu,
             prefix,
             loop_id,

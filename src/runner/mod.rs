@@ -17,8 +17,6 @@ use crate::backend::{Backend, BackendError, VmSpec};
 use crate::forge::{Deletion, Forge, ForgeError};
 use config::RunnerConfig;
 
-/// Consecutive failed iterations (no `.tkn`) before the loop gives up.
-const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 /// Names tried for one JIT config when GitHub answers 409 or uncertainly.
 const MINT_ATTEMPTS: u32 = 3;
 /// How long an idle guest gets to honour `.trm` before the VM is killed.
@@ -210,14 +208,18 @@ impl Loop {
                 failures = 0;
             } else if let Some(why) = it.failure {
                 failures += 1;
-                if failures >= MAX_CONSECUTIVE_FAILURES {
+                if failures >= self.cfg.max_failures {
                     return Err(RunnerError::GuestFailing {
                         count: failures,
                         last: why,
                     });
                 }
                 let backoff = Duration::from_secs(1 << failures.min(5));
-                warn!("iteration failed ({why}); retrying in {}s ({failures}/{MAX_CONSECUTIVE_FAILURES})", backoff.as_secs());
+                warn!(
+                    "iteration failed ({why}); retrying in {}s ({failures}/{})",
+                    backoff.as_secs(),
+                    self.cfg.max_failures
+                );
                 let mut stop = self.stop.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
