@@ -521,3 +521,25 @@ fn breaker_stops_a_loop_whose_guest_always_fails() {
     assert_eq!(w.forge.stats().jit_configs, 3, "{text}");
     assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
 }
+
+/// Slow answers are waited for, not treated as failures: a JIT POST that takes 1.5 s
+/// is sent once.
+#[test]
+fn slow_answers_are_waited_for_not_resent() {
+    let w = World::new();
+    w.forge.inject(
+        "POST",
+        "/generate-jitconfig",
+        1,
+        FaultKind::Delay(Duration::from_millis(1500)),
+    );
+    let (st, log) = one_job(&w, &[]);
+    assert!(st.success(), "{st}\n{log}");
+    let posts = w
+        .forge
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/generate-jitconfig"))
+        .count();
+    assert_eq!(posts, 1, "{log}");
+}

@@ -148,6 +148,8 @@ pub enum FaultKind {
     },
     /// Do the work (create the runner), then answer 500.
     CreatedThen500,
+    /// Answer normally, but only after this long.
+    Delay(std::time::Duration),
 }
 
 #[derive(Debug, Clone)]

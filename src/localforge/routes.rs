@@ -137,6 +137,33 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
     let rel = path.strip_prefix("/api/v3").unwrap_or(&path);
     let segs: Vec<&str> = rel.trim_matches('/').split('/').collect();
     let q = query(&parts.uri);
+    // A slow answer is injected before the state is locked: nothing else waits on it.
+    let delay = {
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        let full = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
+        st.faults
+            .iter_mut()
+            .find(|f| {
+                f.times > 0
+                    && matches!(f.kind, FaultKind::Delay(_))
+                    && f.method == parts.method.as_str()
+                    && full.contains(&f.path_contains)
+            })
+            .and_then(|f| {
+                f.times -= 1;
+                match f.kind {
+                    FaultKind::Delay(d) => Some(d),
+                    _ => None,
+                }
+            })
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
     if segs.first() == Some(&"_fake") {
         return fake(&mut st, &parts.method, &segs[1..], &body);
@@ -225,7 +252,10 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
         .faults
         .iter_mut()
         .find(|f| {
-            f.times > 0 && f.method == parts.method.as_str() && full.contains(&f.path_contains)
+            f.times > 0
+                && !matches!(f.kind, FaultKind::Delay(_))
+                && f.method == parts.method.as_str()
+                && full.contains(&f.path_contains)
         })
         .map(|f| {
             f.times -= 1;
@@ -263,7 +293,7 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
             let _ = route(&mut st, &parts, &segs, &q, &path, &body);
             error(StatusCode::INTERNAL_SERVER_ERROR, "Server Error")
         }
-        None => route(&mut st, &parts, &segs, &q, &path, &body),
+        Some(FaultKind::Delay(_)) | None => route(&mut st, &parts, &segs, &q, &path, &body),
     };
     st.requests.push(super::Request {
         at: std::time::Instant::now(),
