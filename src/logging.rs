@@ -18,7 +18,7 @@ pub fn init(verbose: u8, file: Option<&Path>, who: &str) -> std::io::Result<()> 
     // Our crates at the chosen level; dependencies stay at warn unless RUST_LOG says otherwise.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "warn,ghrm={level},orchestrator={level},runner={level}"
+            "warn,octocrab=off,ghrm={level},orchestrator={level},runner={level}"
         ))
     });
     let builder = tracing_subscriber::fmt()

@@ -294,7 +294,10 @@ impl Qemu {
             "-initrd",
             &initrd.display().to_string(),
         ]);
-        let mut cmdline = format!("console=ttyS0 panic=-1 ghrm.net=1 ghrm.dns={}", spec.dns);
+        let mut cmdline = format!(
+            "console=ttyS0 panic=-1 no_timer_check ghrm.net=1 ghrm.dns={}",
+            spec.dns
+        );
         let mut shares = vec![];
         if let Some(env) = &spec.env_dir {
             shares.push((

@@ -292,20 +292,13 @@ impl Forge {
                     ScopeKind::Repo => format!("/repos/{principal}/installation"),
                     _ => format!("/orgs/{principal}/installation"),
                 };
-                let (_, body) = forge
-                    .send(
-                        "find the App's installation",
-                        http::Method::GET,
-                        route,
-                        None,
-                    )
-                    .await?;
                 #[derive(Deserialize)]
                 struct Installation {
                     id: u64,
                 }
-                serde_json::from_slice::<Installation>(&body)
-                    .map_err(|e| ForgeError::Decode("installation", e.to_string()))?
+                forge
+                    .fetch::<Installation>("find the App's installation", http::Method::GET, route)
+                    .await?
                     .id
             }
         };
@@ -341,6 +334,17 @@ impl Forge {
             ScopeKind::Org => "a classic PAT needs `admin:org`; a fine-grained one `Self-hosted runners: write` on the organisation",
             ScopeKind::Enterprise => "a classic PAT needs `manage_runners:enterprise`",
         }
+    }
+
+    /// Send a body-less request and decode its JSON answer.
+    async fn fetch<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        method: http::Method,
+        route: String,
+    ) -> Result<T, ForgeError> {
+        let (_, body) = self.send(what, method, route, None).await?;
+        serde_json::from_slice(&body).map_err(|e| ForgeError::Decode(what, e.to_string()))
     }
 
     /// Send a request; idempotent ones (all but the JIT POST, whose retries belong to
@@ -480,11 +484,9 @@ impl Forge {
                 "{}/actions/runner-groups?per_page=100&page={page}",
                 self.prefix()
             );
-            let (_, body) = self
-                .send("list runner groups", http::Method::GET, route, None)
+            let groups: Groups = self
+                .fetch("list runner groups", http::Method::GET, route)
                 .await?;
-            let groups: Groups = serde_json::from_slice(&body)
-                .map_err(|e| ForgeError::Decode("list runner groups", e.to_string()))?;
             let n = groups.runner_groups.len();
             for g in groups.runner_groups {
                 if g.name == name {
@@ -533,20 +535,13 @@ impl Forge {
     /// A registration token (`--no-jit`).
     pub async fn registration_token(&self) -> Result<String, ForgeError> {
         let route = format!("{}/actions/runners/registration-token", self.prefix());
-        let (_, bytes) = self
-            .send(
-                "create a registration token",
-                http::Method::POST,
-                route,
-                None,
-            )
-            .await?;
         #[derive(Deserialize)]
         struct Tok {
             token: String,
         }
-        let t: Tok = serde_json::from_slice(&bytes)
-            .map_err(|e| ForgeError::Decode("registration-token", e.to_string()))?;
+        let t: Tok = self
+            .fetch("create a registration token", http::Method::POST, route)
+            .await?;
         Ok(t.token)
     }
 
@@ -560,11 +555,7 @@ impl Forge {
             "{}/actions/runners?name={name}&per_page=100&page=1",
             self.prefix()
         );
-        let (_, bytes) = self
-            .send("list runners", http::Method::GET, route, None)
-            .await?;
-        let p: Page = serde_json::from_slice(&bytes)
-            .map_err(|e| ForgeError::Decode("list runners", e.to_string()))?;
+        let p: Page = self.fetch("list runners", http::Method::GET, route).await?;
         Ok(p.runners.into_iter().find(|r| r.name == name))
     }
 
@@ -579,11 +570,7 @@ impl Forge {
         let mut all = vec![];
         for page in 1..=100u32 {
             let route = format!("{}/actions/runners?per_page=100&page={page}", self.prefix());
-            let (_, bytes) = self
-                .send("list runners", http::Method::GET, route, None)
-                .await?;
-            let p: Page = serde_json::from_slice(&bytes)
-                .map_err(|e| ForgeError::Decode("list runners", e.to_string()))?;
+            let p: Page = self.fetch("list runners", http::Method::GET, route).await?;
             let n = p.runners.len();
             all.extend(p.runners);
             if n < 100 || all.len() as u64 >= p.total_count {

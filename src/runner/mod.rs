@@ -208,6 +208,8 @@ impl Loop {
                 failures = 0;
             } else if let Some(why) = it.failure {
                 failures += 1;
+                // The back-off below is not host overhead: do not count it as turnaround.
+                self.last_exit = None;
                 if failures >= self.cfg.max_failures {
                     return Err(RunnerError::GuestFailing {
                         count: failures,
@@ -422,36 +424,28 @@ impl Loop {
                 );
             }
             if !ready && self.backend.boot_stalled(name, started.elapsed()) {
-                warn!("VM {name} shows no sign of its init after {}s (a silent boot hang): killing it and retrying", started.elapsed().as_secs());
-                self.backend.force_stop(name, &mut child).await;
-                let _ = child.wait().await;
-                self.last_exit = Some(Instant::now());
-                return Ok(Iteration {
-                    ready: false,
-                    end: false,
-                    failure: Some(format!("VM {name} hung at boot")),
-                });
+                let tail = self
+                    .backend
+                    .console_tail(name)
+                    .map(|t| format!("; its console ended with:\n{t}"))
+                    .unwrap_or_default();
+                warn!("VM {name} shows no sign of its init after {}s (a silent boot hang): killing it and retrying{tail}", started.elapsed().as_secs());
+                return Ok(self
+                    .abandon_boot(name, &mut child, format!("VM {name} hung at boot"))
+                    .await);
             }
             if !ready && Instant::now() >= boot_deadline {
                 warn!(
                     "VM {name} wrote no ready mark within --boot-timeout {}s: killing it",
                     self.cfg.boot_timeout
                 );
-                self.backend.force_stop(name, &mut child).await;
-                let _ = child.wait().await;
-                self.last_exit = Some(Instant::now());
-                return Ok(Iteration {
-                    ready: false,
-                    end: false,
-                    failure: Some(format!(
-                        "boot timeout ({}s){}",
-                        self.cfg.boot_timeout,
-                        self.backend
-                            .console_tail(name)
-                            .map(|t| format!("; its console ended with:\n{t}"))
-                            .unwrap_or_default()
-                    )),
-                });
+                let tail = self
+                    .backend
+                    .console_tail(name)
+                    .map(|t| format!("; its console ended with:\n{t}"))
+                    .unwrap_or_default();
+                let why = format!("boot timeout ({}s){tail}", self.cfg.boot_timeout);
+                return Ok(self.abandon_boot(name, &mut child, why).await);
             }
             let why = if self.stopping() {
                 Some(Drain::Signal)
@@ -517,6 +511,23 @@ impl Loop {
             end,
             failure,
         })
+    }
+
+    /// Kill a VM whose boot is given up; the iteration failed for `why`.
+    async fn abandon_boot(
+        &mut self,
+        name: &str,
+        child: &mut tokio::process::Child,
+        why: String,
+    ) -> Iteration {
+        self.backend.force_stop(name, child).await;
+        let _ = child.wait().await;
+        self.last_exit = Some(Instant::now());
+        Iteration {
+            ready: false,
+            end: false,
+            failure: Some(why),
+        }
     }
 
     /// Ask the guest to stop: deregister at GitHub (so no new job comes), write
