@@ -285,8 +285,8 @@ pub fn run(args: DemoArgs, n: u32) -> Result<(), DemoError> {
         crate::backend::qemu::Accel::Kvm => "kvm",
         crate::backend::qemu::Accel::Tcg => "tcg",
     };
-    let mut child = Command::new(me)
-        .args(["-n", &n.to_string(), "-R", "qemu", "-p", "GH-demo", "--"])
+    let mut cmd = Command::new(me);
+    cmd.args(["-n", &n.to_string(), "-R", "qemu", "-p", "GH-demo", "--"])
         .args([
             "-g",
             &forge.url(),
@@ -310,7 +310,18 @@ pub fn run(args: DemoArgs, n: u32) -> Result<(), DemoError> {
             log.try_clone()
                 .map_err(|e| DemoError::Io("open the log".into(), e))?,
         )
-        .stderr(log)
+        .stderr(log);
+    // If the demo is killed, its orchestrator drains and cleans up rather than run on.
+    // SAFETY: prctl is async-signal-safe and takes no pointers.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .spawn()
         .map_err(|e| DemoError::Io("start the orchestrator".into(), e))?;
     let pid = child.id();

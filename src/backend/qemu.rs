@@ -294,10 +294,15 @@ impl Qemu {
             "-initrd",
             &initrd.display().to_string(),
         ]);
-        let mut cmdline = format!(
-            "console=ttyS0 panic=-1 no_timer_check ghrm.net=1 ghrm.dns={}",
-            spec.dns
-        );
+        let mut cmdline = format!("console=ttyS0 panic=-1 ghrm.net=1 ghrm.dns={}", spec.dns);
+        // Under TCG the guest's TSC runs at the host's rate, and the kernel's calibration
+        // against the emulated PIT fails often on a loaded (or nested) host, after which the
+        // boot hangs ("tsc: Unable to calibrate against PIT"). Tell it the rate instead.
+        if !self.uses_kvm() {
+            if let Some(khz) = host_tsc_khz() {
+                cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+            }
+        }
         let mut shares = vec![];
         if let Some(env) = &spec.env_dir {
             shares.push((
@@ -470,6 +475,33 @@ impl Qemu {
     }
 }
 
+/// The host's TSC rate in kHz, measured once against `CLOCK_MONOTONIC` (x86-64).
+fn host_tsc_khz() -> Option<u64> {
+    static KHZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: rdtsc has no preconditions on x86-64.
+            let (t0, c0) = (std::time::Instant::now(), unsafe {
+                std::arch::x86_64::_rdtsc()
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: as above.
+            let (c1, t1) = (
+                unsafe { std::arch::x86_64::_rdtsc() },
+                std::time::Instant::now(),
+            );
+            let us = (t1 - t0).as_micros() as u64;
+            let khz = c1.checked_sub(c0)?.checked_mul(1000)? / us.max(1);
+            (100_000..=10_000_000).contains(&khz).then_some(khz)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    })
+}
+
 /// What QEMU's exit status says about the guest.
 pub fn describe_exit(st: &std::process::ExitStatus) -> (bool, String) {
     match st.code() {
@@ -530,6 +562,12 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn measures_the_host_tsc() {
+        #[cfg(target_arch = "x86_64")]
+        assert!(host_tsc_khz().is_some_and(|k| k > 100_000));
     }
 
     #[test]
