@@ -183,15 +183,14 @@ fn qemu_handshake_and_busy_drain_across_the_vm_boundary() {
     assert!(w.wait_no_processes(Duration::from_secs(5)).is_empty());
 }
 
-/// Stopping an idle guest across the VM boundary: the runner is deregistered and
-/// the guest stops through `.trm` at once (no kill). (`-k` triggers this same drain;
-/// its timing is proven with the stand-in backends, where boots take no time.)
-#[test]
-fn qemu_idle_guest_stops_through_trm() {
+/// Stop an idle guest (SIGTERM once its runner is online) and check the log says it
+/// stopped the way `expect` names, without a kill. (`-k` triggers the same drain; its
+/// timing is proven with the stand-in backends, where boots take no time.)
+fn idle_guest_stops(orchestrator_args: &[&str], expect: &str) {
     let w = World::new();
     let args = qemu_args(&w, &["-u", "root"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
+    let p = w.orchestrator(orchestrator_args, &args);
     w.wait_for(
         "an idle runner in a VM",
         Duration::from_secs(150),
@@ -203,14 +202,31 @@ fn qemu_idle_guest_stops_through_trm() {
     let st = p.finish(Duration::from_secs(120));
     let log = p.log();
     assert!(st.success(), "{st}\n{log}");
-    assert!(log.contains("idle, stopping now"), "{log}");
+    assert!(log.contains(expect), "{log}");
     assert!(
         !log.contains("killing it"),
-        "the guest ignored .trm and was killed\n{log}"
+        "the guest did not stop by itself and was killed\n{log}"
     );
     assert!(
         w.forge.runners().is_empty() && w.env_roots().is_empty() && ghrm_qemu_state(&w).is_empty(),
         "{log}"
+    );
+}
+
+/// Across the VM boundary an idle runner is deregistered and its guest stops
+/// through `.trm` at once.
+#[test]
+fn qemu_idle_guest_stops_through_trm() {
+    idle_guest_stops(&["-n", "1", "-R", "qemu"], "idle, stopping now");
+}
+
+/// `-I` on QEMU: with no `.trm` to write, the idle guest is stopped through QMP
+/// `system_powerdown` (the ACPI power button), not by killing QEMU.
+#[test]
+fn qemu_insecure_stop_uses_the_acpi_power_button() {
+    idle_guest_stops(
+        &["-I", "-n", "1", "-R", "qemu"],
+        "to power down (ACPI power button)",
     );
 }
 
@@ -411,36 +427,6 @@ fn demo_runs_jobs_in_microvms() {
     assert!(w
         .wait_no_processes(std::time::Duration::from_secs(5))
         .is_empty());
-}
-
-/// `-I` on QEMU: with no `.trm` to write, stopping an idle guest goes through QMP
-/// `system_powerdown` (the ACPI power button), not by killing QEMU.
-#[test]
-fn qemu_insecure_stop_uses_the_acpi_power_button() {
-    let w = World::new();
-    let args = qemu_args(&w, &["-u", "root"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let p = w.orchestrator(&["-I", "-n", "1", "-R", "qemu"], &args);
-    w.wait_for(
-        "an idle runner in a VM",
-        Duration::from_secs(150),
-        &p,
-        || w.forge.runners().iter().any(|r| r.status == "online"),
-    );
-    p.signal(Signal::SIGTERM);
-    let mut p = p;
-    let st = p.finish(Duration::from_secs(120));
-    let log = p.log();
-    assert!(st.success(), "{st}\n{log}");
-    assert!(log.contains("to power down (ACPI power button)"), "{log}");
-    assert!(
-        !log.contains("killing it"),
-        "the guest did not answer the power button\n{log}"
-    );
-    assert!(
-        w.forge.runners().is_empty() && ghrm_qemu_state(&w).is_empty(),
-        "{log}"
-    );
 }
 
 /// Make a bundle beside the test bundle whose `/init` is `script` (busybox sh).

@@ -472,35 +472,24 @@ impl Forge {
             id: u64,
             name: String,
         }
-        #[derive(Deserialize)]
-        struct Groups {
-            total_count: u64,
-            runner_groups: Vec<Group>,
+        let groups: Vec<Group> = self
+            .fetch_all(
+                "list runner groups",
+                "actions/runner-groups",
+                "runner_groups",
+            )
+            .await?;
+        if let Some(g) = groups.iter().find(|g| g.name == name) {
+            return Ok(g.id);
         }
-        let mut seen = vec![];
-        // Explicit page numbers: octocrab drops auth on absolute `Link` URLs for some hosts.
-        for page in 1..=50u32 {
-            let route = format!(
-                "{}/actions/runner-groups?per_page=100&page={page}",
-                self.prefix()
-            );
-            let groups: Groups = self
-                .fetch("list runner groups", http::Method::GET, route)
-                .await?;
-            let n = groups.runner_groups.len();
-            for g in groups.runner_groups {
-                if g.name == name {
-                    return Ok(g.id);
-                }
-                seen.push(g.name);
-            }
-            if n < 100 || seen.len() as u64 >= groups.total_count {
-                break;
-            }
-        }
+        let available = groups
+            .into_iter()
+            .map(|g| g.name)
+            .collect::<Vec<_>>()
+            .join(", ");
         Err(ForgeError::NoSuchGroup {
             name: name.into(),
-            available: seen.join(", "),
+            available,
         })
     }
 
@@ -559,25 +548,41 @@ impl Forge {
         Ok(p.runners.into_iter().find(|r| r.name == name))
     }
 
-    /// Every runner of the scope, paged with explicit page numbers (octocrab drops
-    /// authentication on absolute `Link` URLs for some hosts).
-    pub async fn list_runners(&self) -> Result<Vec<RunnerInfo>, ForgeError> {
+    /// Every item of a paged list (`{total_count, <key>: [...]}`) under the scope,
+    /// with explicit page numbers: octocrab drops authentication on absolute `Link`
+    /// URLs for some hosts.
+    async fn fetch_all<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &'static str,
+        path: &str,
+        key: &str,
+    ) -> Result<Vec<T>, ForgeError> {
         #[derive(Deserialize)]
         struct Page {
             total_count: u64,
-            runners: Vec<RunnerInfo>,
+            #[serde(flatten)]
+            rest: serde_json::Map<String, serde_json::Value>,
         }
         let mut all = vec![];
         for page in 1..=100u32 {
-            let route = format!("{}/actions/runners?per_page=100&page={page}", self.prefix());
-            let p: Page = self.fetch("list runners", http::Method::GET, route).await?;
-            let n = p.runners.len();
-            all.extend(p.runners);
+            let route = format!("{}/{path}?per_page=100&page={page}", self.prefix());
+            let mut p: Page = self.fetch(what, http::Method::GET, route).await?;
+            let items = p.rest.remove(key).unwrap_or_default();
+            let items: Vec<T> = serde_json::from_value(items)
+                .map_err(|e| ForgeError::Decode(what, e.to_string()))?;
+            let n = items.len();
+            all.extend(items);
             if n < 100 || all.len() as u64 >= p.total_count {
                 break;
             }
         }
         Ok(all)
+    }
+
+    /// Every runner of the scope.
+    pub async fn list_runners(&self) -> Result<Vec<RunnerInfo>, ForgeError> {
+        self.fetch_all("list runners", "actions/runners", "runners")
+            .await
     }
 
     /// Delete runner `id`: 204 deleted, 422 busy, 404 gone.
