@@ -470,7 +470,9 @@ impl Qemu {
                     tail.join("\n")
                 ))
             }
-            _ => Some(all[start..].join("\n")),
+            // The panic is in the window but its cause may be just above it.
+            Some(k) => Some(all[start.min(k.saturating_sub(4))..].join("\n")),
+            None => Some(all[start..].join("\n")),
         }
     }
 }
