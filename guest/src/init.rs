@@ -219,9 +219,8 @@ fn power_button() -> Vec<OwnedFd> {
     fds
 }
 
-/// Do the PID-1 set-up. Errors are fatal to the guest (reported, then power-off).
-pub fn setup() -> Result<Init, String> {
-    let mut init = Init::default();
+/// /dev, /proc and /sys (each skipped when already mounted).
+fn mount_kernel_fs() -> Result<(), String> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mount_fs(
         "devtmpfs",
@@ -231,7 +230,14 @@ pub fn setup() -> Result<Init, String> {
         Some("mode=0755"),
     )?;
     mount_fs("proc", "/proc", "proc", nodev | MsFlags::MS_NOEXEC, None)?;
-    mount_fs("sysfs", "/sys", "sysfs", nodev | MsFlags::MS_NOEXEC, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", nodev | MsFlags::MS_NOEXEC, None)
+}
+
+/// Do the PID-1 set-up. Errors are fatal to the guest (reported, then power-off).
+pub fn setup() -> Result<Init, String> {
+    let mut init = Init::default();
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount_kernel_fs()?;
     mount_fs(
         "devpts",
         "/dev/pts",
@@ -279,6 +285,209 @@ pub fn setup() -> Result<Init, String> {
     }
     init.power_button = power_button();
     Ok(init)
+}
+
+/// Inside the stage-1 initramfs of a root-disk bundle: the image's environment
+/// (`KEY=VALUE` lines from its OCI config), given to the image's entrypoint.
+pub const IMAGE_ENV: &str = "/etc/gh-runner-microvm/image.env";
+/// File system label of the converted image's root disk.
+pub const ROOT_LABEL: &str = "ghrm-root";
+/// File system label of the per-VM scratch disk.
+pub const SCRATCH_LABEL: &str = "ghrm-scratch";
+/// Where the scratch disk is mounted in the guest (the entrypoint binds the
+/// runner's `_work` onto it).
+pub const SCRATCH_MOUNT: &str = "/_work";
+
+/// Stage 1 is wanted when `/` is still the initramfs and the kernel command line
+/// names a root disk (`ghrm.root=`): then its keys. Mounts /proc to read it.
+pub fn stage1_keys() -> Option<Vec<(String, String)>> {
+    if !root_is_initramfs() {
+        return None;
+    }
+    mount_fs(
+        "proc",
+        "/proc",
+        "proc",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )
+    .ok()?;
+    let keys = cmdline_keys(&std::fs::read_to_string("/proc/cmdline").ok()?);
+    keys.iter().any(|(k, _)| k == "root").then_some(keys)
+}
+
+/// Is `/` still the initramfs (rootfs: ramfs or tmpfs)? Stage 1 runs only there.
+fn root_is_initramfs() -> bool {
+    match nix::sys::statfs::statfs("/") {
+        Ok(s) => {
+            // RAMFS_MAGIC (nix has no constant for it) or TMPFS_MAGIC.
+            let t = s.filesystem_type();
+            t == nix::sys::statfs::FsType(0x8584_58f6) || t == nix::sys::statfs::TMPFS_MAGIC
+        }
+        Err(_) => false,
+    }
+}
+
+/// The ext2/3/4 label of a block device, read from its superblock.
+fn ext4_label(dev: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(dev).ok()?;
+    let mut sb = [0u8; 1024];
+    f.seek(SeekFrom::Start(1024)).ok()?;
+    f.read_exact(&mut sb).ok()?;
+    if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {
+        return None;
+    }
+    let name = &sb[0x78..0x88];
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// Virtio block devices by file system label (they appear as their driver binds).
+fn disks_by_label(want: &str, wait: std::time::Duration) -> Vec<(String, std::path::PathBuf)> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let mut found = vec![];
+        if let Ok(rd) = std::fs::read_dir("/sys/class/block") {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                // Whole virtio disks only (vda, vdb, …), not partitions.
+                if name.starts_with("vd") && !name.ends_with(|c: char| c.is_ascii_digit()) {
+                    let dev = Path::new("/dev").join(&name);
+                    if let Some(label) = ext4_label(&dev) {
+                        found.push((label, dev));
+                    }
+                }
+            }
+        }
+        if found.iter().any(|(l, _)| l == want) || std::time::Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
+/// Remove what the initramfs holds (it stays in RAM otherwise), without leaving
+/// its file system: `keep` (the new root) and anything mounted are skipped.
+fn free_initramfs(dir: &Path, root_dev: u64, keep: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p == keep {
+            continue;
+        }
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.dev() != root_dev {
+            continue;
+        }
+        if md.is_dir() {
+            free_initramfs(&p, root_dev, keep);
+            let _ = std::fs::remove_dir(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// What stage 1 hands over: the program to execute in the new root and its environment.
+#[derive(Debug)]
+pub struct Stage2 {
+    /// The image's entrypoint (`ghrm.init=`).
+    pub init: String,
+    /// The image's environment.
+    pub env: Vec<(String, String)>,
+    /// Lines of what was done, for the console.
+    pub notes: Vec<String>,
+}
+
+/// Stage 1 of a root-disk bundle (`ghrm.root=LABEL ghrm.init=PATH`): load the
+/// modules, mount the disk labelled LABEL (the per-VM overlay of the image) and the
+/// scratch disk, move the pseudo file systems over, free the initramfs and make the
+/// disk the root. The caller then executes `init` (the image's entrypoint), which
+/// does the PID-1 set-up of [`setup`] in the new root.
+pub fn stage1(keys: &[(String, String)]) -> Result<Stage2, String> {
+    let mut notes = vec![];
+    let get = |k: &str| keys.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+    let label = get("root").ok_or("no ghrm.root= on the kernel command line")?;
+    let init = get("init").ok_or("no ghrm.init= on the kernel command line")?;
+    mount_kernel_fs()?;
+    load_modules(&mut notes)?;
+    let disks = disks_by_label(&label, std::time::Duration::from_secs(10));
+    let (_, root_dev) = disks.iter().find(|(l, _)| *l == label).ok_or_else(|| {
+        format!(
+            "no disk labelled {label} (found: {:?}); is virtio_blk in the bundle?",
+            disks
+        )
+    })?;
+    let new = Path::new("/newroot");
+    let _ = std::fs::create_dir_all(new);
+    mount(
+        Some(root_dev.as_path()),
+        new,
+        Some("ext4"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| format!("mount {} (ext4) on /newroot: {e}", root_dev.display()))?;
+    notes.push(format!("root {} ({label})", root_dev.display()));
+    if let Some((_, dev)) = disks.iter().find(|(l, _)| l == SCRATCH_LABEL) {
+        let target = new.join(SCRATCH_MOUNT.trim_start_matches('/'));
+        let _ = std::fs::create_dir_all(&target);
+        // The host made the file system sparse: never zero its inode tables here.
+        mount(
+            Some(dev.as_path()),
+            &target,
+            Some("ext4"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("noinit_itable"),
+        )
+        .map_err(|e| format!("mount scratch {} on {SCRATCH_MOUNT}: {e}", dev.display()))?;
+        notes.push(format!("scratch {} on {SCRATCH_MOUNT}", dev.display()));
+    }
+    if !new.join(init.trim_start_matches('/')).exists() {
+        return Err(format!("the image has no {init} (its entrypoint)"));
+    }
+    for fs in ["dev", "proc", "sys"] {
+        let target = new.join(fs);
+        let _ = std::fs::create_dir_all(&target);
+        mount(
+            Some(Path::new("/").join(fs).as_path()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| format!("move /{fs} to the new root: {e}"))?;
+    }
+    let env: Vec<(String, String)> = std::fs::read_to_string(IMAGE_ENV)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(md) = std::fs::metadata("/") {
+            free_initramfs(Path::new("/"), md.dev(), new);
+        }
+    }
+    std::env::set_current_dir(new).map_err(|e| format!("chdir /newroot: {e}"))?;
+    mount(
+        Some(Path::new(".")),
+        Path::new("/"),
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("move the new root to /: {e}"))?;
+    nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    Ok(Stage2 { init, env, notes })
 }
 
 /// Flush, report `code` through QEMU's isa-debug-exit (QEMU then exits with

@@ -154,6 +154,30 @@ pub fn create_private_dir(path: &Path) -> io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
+/// A private directory in a shared place (`/tmp`, `/var/tmp`): create it 0700, or
+/// accept an existing one only if it is a real directory (not a link), ours, and
+/// closed to others; anything else is somebody else's trap and an error.
+pub fn ensure_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    match create_private_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        other => return other,
+    }
+    let md = std::fs::symlink_metadata(path)?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !md.is_dir() || md.uid() != me || md.mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} exists but is not a private directory of uid {me} (a link, another owner, or open to others): remove it",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +191,22 @@ mod tests {
         ));
         create_private_dir(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn private_dirs_in_shared_places() {
+        let d = tmpdir("private");
+        let p = d.join("mine");
+        ensure_private_dir(&p).unwrap();
+        ensure_private_dir(&p).unwrap(); // again: fine
+        let open = d.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(ensure_private_dir(&open).is_err());
+        let link = d.join("link");
+        symlink(&p, &link).unwrap();
+        assert!(ensure_private_dir(&link).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

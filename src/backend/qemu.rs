@@ -73,6 +73,8 @@ pub struct QemuConfig {
     pub forwards: Vec<Forward>,
     /// Kernel overriding the bundle's.
     pub kernel: Option<PathBuf>,
+    /// Bytes of the per-VM scratch disk of root-disk bundles (0: none).
+    pub scratch: u64,
 }
 
 impl Default for QemuConfig {
@@ -82,6 +84,7 @@ impl Default for QemuConfig {
             net: NetMode::User,
             forwards: vec![],
             kernel: None,
+            scratch: 16 << 30,
         }
     }
 }
@@ -119,7 +122,8 @@ impl Qemu {
         let helper =
             std::env::current_exe().map_err(|e| BackendError::Spawn("current_exe".into(), e))?;
         let state = state_root();
-        let _ = protocol::safefs::create_private_dir(&state);
+        protocol::safefs::ensure_private_dir(&state)
+            .map_err(|e| BackendError::Spawn(format!("mkdir {}", state.display()), e))?;
         Ok(Qemu {
             kvm: Default::default(),
             cfg,
@@ -138,13 +142,40 @@ impl Qemu {
     }
 
     fn kernel_initrd(&self, image: &Path) -> Result<(PathBuf, PathBuf), BackendError> {
+        let (kernel, initrd, _) = self.bundle(image)?;
+        Ok((kernel, initrd))
+    }
+
+    /// The bundle's kernel, initramfs and (for `--oci` bundles) root disk.
+    fn bundle(
+        &self,
+        image: &Path,
+    ) -> Result<(PathBuf, PathBuf, Option<crate::image::oci::RootDisk>), BackendError> {
         let info = BundleInfo::load(image).map_err(|e| BackendError::Image(image.into(), e))?;
         let kernel = self
             .cfg
             .kernel
             .clone()
             .unwrap_or_else(|| image.join(&info.kernel));
-        Ok((kernel, image.join(&info.initrd)))
+        if let Some(r) = &info.root {
+            if !r.disk.is_file() {
+                return Err(BackendError::Image(
+                    image.into(),
+                    format!(
+                        "its root disk {} is gone (pruned?); make the bundle again with `orchestrator image bundle --oci {}`",
+                        r.disk.display(),
+                        r.image
+                    ),
+                ));
+            }
+        }
+        Ok((kernel, image.join(&info.initrd), info.root))
+    }
+
+    /// The VM's scratch disk: on disk-backed storage (`/var/tmp`), not in the
+    /// state directory, which may be a tmpfs.
+    fn scratch_path(&self, name: &str) -> PathBuf {
+        scratch_root().join(format!("{name}.ext4"))
     }
 
     /// Check the bundle and settle `--accel auto` (probing KVM with a real boot).
@@ -243,15 +274,62 @@ impl Qemu {
                 format!("QEMU microvm takes at most {MAX_SHARES} shared directories (the loop directory, -M and -D)"),
             ));
         }
-        self.kernel_initrd(Path::new(&spec.image))?;
+        let (_, _, root) = self.bundle(Path::new(&spec.image))?;
         let d = self.dir(&spec.name);
         protocol::safefs::create_private_dir(&d)
-            .map_err(|e| BackendError::Spawn(format!("mkdir {}", d.display()), e))
+            .map_err(|e| BackendError::Spawn(format!("mkdir {}", d.display()), e))?;
+        if root.is_some() && self.cfg.scratch > 0 {
+            self.make_scratch(&spec.name)?;
+        }
+        Ok(())
+    }
+
+    /// A fresh, sparse ext4 scratch disk for the VM (mkfs takes ~10 ms: its inode
+    /// tables are left for the guest, which mounts it with `noinit_itable`).
+    fn make_scratch(&self, name: &str) -> Result<(), BackendError> {
+        let root = scratch_root();
+        protocol::safefs::ensure_private_dir(&root)
+            .map_err(|e| BackendError::Spawn(format!("mkdir {}", root.display()), e))?;
+        let path = self.scratch_path(name);
+        let _ = std::fs::remove_file(&path);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|f| f.set_len(self.cfg.scratch).map(|_| f))
+            .map_err(|e| BackendError::Spawn(format!("create {}", path.display()), e))?;
+        drop(f);
+        let out = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", protocol::init::SCRATCH_LABEL])
+            .args(["-O", "^has_journal", "-m", "0", "-E", "lazy_itable_init=1"])
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => {
+                let _ = std::fs::remove_file(&path);
+                Err(BackendError::Image(
+                    path,
+                    format!(
+                        "mkfs.ext4 failed: {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
+                ))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(BackendError::Spawn(
+                    "mkfs.ext4 (install e2fsprogs, or run with --scratch-size 0)".into(),
+                    e,
+                ))
+            }
+        }
     }
 
     /// The argv of the VM.
     pub fn argv(&self, spec: &VmSpec) -> Result<(PathBuf, Vec<String>), BackendError> {
-        let (kernel, initrd) = self.kernel_initrd(Path::new(&spec.image))?;
+        let (kernel, initrd, root) = self.bundle(Path::new(&spec.image))?;
         let d = self.dir(&spec.name);
         let mut a: Vec<String> = vec![];
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
@@ -334,8 +412,43 @@ impl Qemu {
                 &format!("virtio-9p-device,fsdev={tag},mount_tag={tag}"),
             ]);
         }
-        // -D: PID 1 (the bundle's /init) sets up, then executes the dev entrypoint.
-        if spec.entrypoint != protocol::IMAGE_ENTRYPOINT {
+        if let Some(r) = &root {
+            // The image's disk, read-only, behind a per-VM copy-on-write overlay that
+            // QEMU creates in its TMPDIR (/var/tmp) and unlinks at once: nothing of
+            // it outlives the VM, even a SIGKILLed one.
+            cmdline.push_str(&format!(
+                " ghrm.root={} ghrm.init={}",
+                protocol::init::ROOT_LABEL,
+                r.init
+            ));
+            push(&[
+                "-drive",
+                &format!(
+                    "file={},format=raw,if=none,id=root,snapshot=on,discard=unmap",
+                    qemu_escape(&r.disk.display().to_string())
+                ),
+                "-device",
+                "virtio-blk-device,drive=root",
+            ]);
+            if self.cfg.scratch > 0 {
+                push(&[
+                    "-drive",
+                    &format!(
+                        "file={},format=raw,if=none,id=scratch,discard=unmap",
+                        qemu_escape(&self.scratch_path(&spec.name).display().to_string())
+                    ),
+                    "-device",
+                    "virtio-blk-device,drive=scratch",
+                ]);
+            }
+        }
+        // -D: PID 1 (the bundle's /init, or the image's entrypoint after stage 1)
+        // sets up, then executes the dev entrypoint.
+        let image_init = root
+            .as_ref()
+            .map(|r| r.init.as_str())
+            .unwrap_or(protocol::IMAGE_ENTRYPOINT);
+        if spec.entrypoint != image_init && spec.entrypoint != protocol::IMAGE_ENTRYPOINT {
             cmdline.push_str(&format!(" ghrm.exec={}", spec.entrypoint));
         }
         cmdline.push_str(" --");
@@ -382,21 +495,35 @@ impl Qemu {
         Ok((self.binary.clone(), a))
     }
 
-    /// Remove the VM's state (its process is gone or being killed).
+    /// Remove the VM's state and scratch disk (its process is gone or being killed).
     pub fn delete(&self, name: &str) -> Result<(), BackendError> {
+        let scratch = self.scratch_path(name);
+        protocol::safefs::remove(&scratch)
+            .map_err(|e| BackendError::Spawn(format!("remove {}", scratch.display()), e))?;
         protocol::safefs::remove(&self.dir(name))
             .map_err(|e| BackendError::Spawn(format!("remove {}", self.dir(name).display()), e))
     }
 
-    /// VMs with state on this host.
+    /// VMs with state or a scratch disk on this host.
     pub fn list(&self) -> Vec<String> {
-        std::fs::read_dir(&self.state)
+        let mut names: Vec<String> = std::fs::read_dir(&self.state)
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Ok(rd) = std::fs::read_dir(scratch_root()) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if let Some(vm) = n.strip_suffix(".ext4") {
+                    if !names.iter().any(|x| x == vm) {
+                        names.push(vm.to_string());
+                    }
+                }
+            }
+        }
+        names
     }
 
     /// Has the guest's boot stalled? Some TCG boots hang silently before `/init`
@@ -475,6 +602,23 @@ impl Qemu {
             None => Some(all[start..].join("\n")),
         }
     }
+}
+
+/// Where the VMs' scratch disks live: `/var/tmp` (disk-backed, unlike `/tmp` on
+/// many hosts) unless `GHRM_SCRATCH_DIR` says otherwise.
+pub fn scratch_root() -> PathBuf {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::var_os("GHRM_SCRATCH_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+        .join(format!("gh-runner-microvm-scratch.{uid}"))
+}
+
+/// A value inside a QEMU `-drive` option list: commas are doubled.
+fn qemu_escape(s: &str) -> String {
+    s.replace(',', ",,")
 }
 
 /// The host's TSC rate in kHz, measured once against `CLOCK_MONOTONIC` (x86-64).

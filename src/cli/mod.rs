@@ -277,6 +277,12 @@ pub struct RunnerOpts {
     /// QEMU: kernel to boot instead of the bundle's.
     #[arg(long = "kernel", env = "RUNNER_KERNEL", value_name = "VMLINUZ")]
     pub kernel: Option<PathBuf>,
+    /// QEMU, root-disk bundles (`image bundle --oci`): size of each VM's scratch
+    /// disk for the job's files (the runner's _work), e.g. 512M, 20G; sparse, made
+    /// fresh per VM and deleted with it. 0: none (the job writes into the image's
+    /// overlay, which has little free space).
+    #[arg(long = "scratch-size", env = "RUNNER_SCRATCH_SIZE", value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
+    pub scratch_size: u64,
 }
 
 const ORCH_AFTER: &str = "\
@@ -368,9 +374,21 @@ pub enum Command {
 /// `orchestrator image …`.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build a bootable QEMU bundle: kernel + initramfs with the entrypoint as /init,
-    /// busybox, the needed modules, a runner user and the actions runner.
+    /// Build a bootable QEMU bundle. From parts (--busybox, --runner-tarball): a
+    /// kernel and an initramfs with the entrypoint as /init, busybox, the needed
+    /// modules, a runner user and the actions runner (the demo and tests). From an
+    /// OCI image (--oci, e.g. the project's Containerfile built with buildah): a
+    /// read-only ext4 root disk of the image, cached by image id, and a stage-1
+    /// initramfs that boots it; every VM gets its own copy-on-write overlay.
+    #[command(
+        after_help = "Examples:\n  orchestrator image bundle --kernel vmlinuz --modules /lib/modules/6.1.0-41-amd64 \\\n      --oci localhost/gh-runner-microvm:ubuntu --out ~/bundles/ubuntu\n  runner -R qemu -i ~/bundles/ubuntu --scratch-size 20G -T \"$PAT\" -p owner/repo"
+    )]
     Bundle(BundleArgs),
+    /// Remove what this project made: working containers (gh-runner-microvm-*),
+    /// images labelled io.github.gh-runner-microvm.image (the Containerfile's), the
+    /// converted root disks and the bundles `image bundle` wrote. Other images stay,
+    /// unless --all.
+    Prune(PruneArgs),
 }
 
 /// `orchestrator image bundle`.
@@ -383,17 +401,65 @@ pub struct BundleArgs {
     #[arg(long, value_name = "LIB_MODULES_DIR")]
     pub modules: PathBuf,
     /// A static busybox (Debian/Ubuntu: busybox-static's /bin/busybox).
-    #[arg(long, value_name = "STATIC_BUSYBOX")]
-    pub busybox: PathBuf,
+    #[arg(long, value_name = "STATIC_BUSYBOX", required_unless_present = "oci")]
+    pub busybox: Option<PathBuf>,
     /// The actions runner: actions-runner-linux-<arch>-<version>.tar.gz.
-    #[arg(long, value_name = "ACTIONS_RUNNER_TGZ")]
-    pub runner_tarball: PathBuf,
+    #[arg(
+        long,
+        value_name = "ACTIONS_RUNNER_TGZ",
+        required_unless_present = "oci"
+    )]
+    pub runner_tarball: Option<PathBuf>,
+    /// An OCI image with the runner (local, or pulled with buildah) to boot from a
+    /// root disk instead of an initramfs userland. Needs buildah and mkfs.ext4.
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["busybox", "runner_tarball"])]
+    pub oci: Option<String>,
     /// Output directory (created).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Static entrypoint (default: the `entrypoint` beside this executable).
+    /// Static entrypoint: the initramfs's /init (with --oci: stage 1 only; the
+    /// image's own entrypoint runs after it). Default: the `entrypoint` beside this
+    /// executable.
     #[arg(long, value_name = "PATH")]
     pub entrypoint: Option<PathBuf>,
+}
+
+/// `orchestrator image prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Also remove every other image and working container in buildah's storage.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// A size with an optional K/M/G/T suffix (powers of 1024), e.g. `16G`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: unknown unit {c:?} (use K, M, G or T)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 16G, 0)"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes != 0 && bytes < 16 << 20 {
+        return Err(format!(
+            "{s:?} is too small for a file system (at least 16M, or 0 for none)"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Verbosity from `-v` count plus a numeric environment variable.
@@ -414,6 +480,19 @@ mod tests {
     fn clap_definitions_are_consistent() {
         RunnerCli::command().debug_assert();
         OrchestratorCli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16G").unwrap(), 16 << 30);
+        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert!(parse_size("1K").unwrap_err().contains("too small"));
+        assert!(parse_size("2X").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]

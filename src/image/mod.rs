@@ -4,6 +4,7 @@
 //! dependencies, from `modules.dep`), a `runner` user and an actions runner.
 
 pub mod cpio;
+pub mod oci;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -96,6 +97,58 @@ pub struct BundleInfo {
     pub kernel: String,
     /// Initramfs file name in the bundle.
     pub initrd: String,
+    /// A root-disk bundle (`image bundle --oci`): the initramfs is stage 1 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<oci::RootDisk>,
+}
+
+/// The files a bundle directory holds (what `image prune` removes from it).
+pub const BUNDLE_FILES: &[&str] = &["bundle.json", "vmlinuz", "initrd.img"];
+
+/// `$XDG_CACHE_HOME/gh-runner-microvm` (or `~/.cache/…`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("gh-runner-microvm")
+}
+
+fn bundle_registry() -> PathBuf {
+    cache_dir().join("bundles")
+}
+
+/// Remember a bundle this project made (for `image prune`).
+fn record_bundle(dir: &Path) {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let known = recorded_bundles();
+    if known.contains(&dir) {
+        return;
+    }
+    let _ = std::fs::create_dir_all(cache_dir());
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(bundle_registry())
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{}", dir.display());
+    }
+}
+
+/// The bundles this project made, as recorded.
+fn recorded_bundles() -> Vec<PathBuf> {
+    std::fs::read_to_string(bundle_registry())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn forget_bundles() {
+    let _ = std::fs::remove_file(bundle_registry());
 }
 
 impl BundleInfo {
@@ -109,6 +162,13 @@ impl BundleInfo {
             )
         })?;
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+    }
+
+    /// Write `DIR/bundle.json`.
+    pub fn save(&self, dir: &Path) -> Result<(), ImageError> {
+        let json = serde_json::to_string_pretty(self).unwrap_or_default();
+        std::fs::write(dir.join("bundle.json"), json)
+            .map_err(|e| ImageError::Write(dir.join("bundle.json"), e))
     }
 }
 
@@ -298,6 +358,7 @@ pub fn resolve_modules(root: &Path, wanted: &[&str]) -> Result<Vec<String>, Imag
                     "virtio_mmio" => "virtio devices on QEMU microvm",
                     "virtio_net" => "networking",
                     "9p" | "9pnet_virtio" => "the /_environment share",
+                    "virtio_blk" | "crc32c_generic" | "ext4" => "the root disk of an --oci bundle",
                     _ => "the ACPI power button",
                 };
                 return Err(ImageError::MissingModule {
@@ -350,24 +411,74 @@ fn busybox_applets(busybox: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Build the bundle; returns what it holds.
-pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
-    let kernel =
-        std::fs::read(&inp.kernel).map_err(|e| bad("--kernel", &inp.kernel, e.to_string()))?;
-    if kernel.len() < 0x206 || &kernel[0x202..0x206] != b"HdrS" {
-        return Err(bad(
-            "--kernel",
-            &inp.kernel,
-            "not a bzImage kernel (vmlinuz)",
-        ));
+enum ModulesError {
+    Read(PathBuf, std::io::Error),
+    Write(std::io::Error),
+}
+
+/// Put `modules` (paths under `root`) into the initramfs under
+/// `/lib/modules/<release>/`, plus their load order in [`MODULE_LIST`].
+fn write_modules<W: std::io::Write>(
+    c: &mut Cpio<W>,
+    root: &Path,
+    release: &str,
+    modules: &[String],
+) -> Result<(), ModulesError> {
+    let w = ModulesError::Write;
+    // Directories first, then files, then the load order.
+    let mut dirs = BTreeSet::new();
+    for m in modules {
+        let mut p = PathBuf::from(format!("/lib/modules/{release}"));
+        dirs.insert(p.clone());
+        for part in Path::new(m)
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+        {
+            p.push(part);
+            dirs.insert(p.clone());
+        }
     }
-    let root = modules_root(&inp.modules)?;
+    for d in &dirs {
+        c.dir(&d.display().to_string(), 0o755, 0, 0).map_err(w)?;
+    }
+    let mut order = String::new();
+    for m in modules {
+        let data = std::fs::read(root.join(m)).map_err(|e| ModulesError::Read(root.join(m), e))?;
+        let dest = format!("/lib/modules/{release}/{m}");
+        c.file(&dest, 0o644, 0, 0, &data).map_err(w)?;
+        order.push_str(&dest);
+        order.push('\n');
+    }
+    c.file(MODULE_LIST, 0o644, 0, 0, order.as_bytes())
+        .map_err(w)
+}
+
+/// Read a bzImage kernel.
+fn read_kernel(path: &Path) -> Result<Vec<u8>, ImageError> {
+    let kernel = std::fs::read(path).map_err(|e| bad("--kernel", path, e.to_string()))?;
+    if kernel.len() < 0x206 || &kernel[0x202..0x206] != b"HdrS" {
+        return Err(bad("--kernel", path, "not a bzImage kernel (vmlinuz)"));
+    }
+    Ok(kernel)
+}
+
+/// The modules' version directory and the kernel release it names.
+fn modules_release(dir: &Path) -> Result<(PathBuf, String), ImageError> {
+    let root = modules_root(dir)?;
     let root = root.canonicalize().unwrap_or(root);
     let release = root
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("unknown")
         .to_string();
+    Ok((root, release))
+}
+
+/// Build the bundle; returns what it holds.
+pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
+    let kernel = read_kernel(&inp.kernel)?;
+    let (root, release) = modules_release(&inp.modules)?;
     let modules = resolve_modules(&root, GUEST_MODULES)?;
     let busybox = read_static_elf("--busybox", &inp.busybox)?;
     let entrypoint = read_static_elf("--entrypoint", &inp.entrypoint)?;
@@ -432,34 +543,10 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
     .map_err(w)?;
     c.file("/etc/hostname", 0o644, 0, 0, b"gh-runner-microvm\n")
         .map_err(w)?;
-    // Modules: directories first, then files, then the load order.
-    let mut dirs = BTreeSet::new();
-    for m in &modules {
-        let mut p = PathBuf::from(format!("/lib/modules/{release}"));
-        dirs.insert(p.clone());
-        for part in Path::new(m)
-            .parent()
-            .into_iter()
-            .flat_map(|p| p.components())
-        {
-            p.push(part);
-            dirs.insert(p.clone());
-        }
-    }
-    for d in &dirs {
-        c.dir(&d.display().to_string(), 0o755, 0, 0).map_err(w)?;
-    }
-    let mut order = String::new();
-    for m in &modules {
-        let data = std::fs::read(root.join(m))
-            .map_err(|e| bad("--modules", &root.join(m), e.to_string()))?;
-        let dest = format!("/lib/modules/{release}/{m}");
-        c.file(&dest, 0o644, 0, 0, &data).map_err(w)?;
-        order.push_str(&dest);
-        order.push('\n');
-    }
-    c.file(MODULE_LIST, 0o644, 0, 0, order.as_bytes())
-        .map_err(w)?;
+    write_modules(&mut c, &root, &release, &modules).map_err(|e| match e {
+        ModulesError::Read(p, e) => bad("--modules", &p, e.to_string()),
+        ModulesError::Write(e) => w(e),
+    })?;
     // The actions runner, owned by `runner` (it writes its configuration there).
     let base = format!("{}/runner-{version}", protocol::DEFAULT_RUNNER_INSTALL);
     c.dir(protocol::DEFAULT_RUNNER_INSTALL, 0o755, 0, 0)
@@ -552,10 +639,10 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
         modules,
         kernel: "vmlinuz".into(),
         initrd: "initrd.img".into(),
+        root: None,
     };
-    let json = serde_json::to_string_pretty(&info).unwrap_or_default();
-    std::fs::write(out.join("bundle.json"), json)
-        .map_err(|e| ImageError::Write(out.join("bundle.json"), e))?;
+    info.save(out)?;
+    record_bundle(out);
     Ok(info)
 }
 

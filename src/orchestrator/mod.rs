@@ -280,25 +280,78 @@ pub fn subcommand(command: crate::cli::Command, n: u32) -> Result<(), Orchestrat
                 None => beside_me("entrypoint")
                     .ok_or_else(|| OrchestratorError::Usage("no entrypoint beside this executable: build it with scripts/build.sh or give --entrypoint".into()))?,
             };
-            let inputs = crate::image::BundleInputs {
-                kernel: a.kernel,
-                modules: a.modules,
-                busybox: a.busybox,
-                runner_tarball: a.runner_tarball,
-                entrypoint,
-                out: a.out.clone(),
-            };
-            let info = crate::image::bundle(&inputs).map_err(|e| match e {
+            let usage = |e: crate::image::ImageError| match e {
                 crate::image::ImageError::Write(..) => OrchestratorError::Image(e),
                 other => OrchestratorError::Usage(other.to_string()),
-            })?;
+            };
+            let info = match (a.oci, a.busybox, a.runner_tarball) {
+                (Some(image), ..) => {
+                    eprintln!("orchestrator: converting {image} (cached by image id; the first time takes a while)");
+                    crate::image::oci::bundle_oci(&crate::image::oci::OciInputs {
+                        image,
+                        kernel: a.kernel,
+                        modules: a.modules,
+                        entrypoint,
+                        out: a.out.clone(),
+                        cache: crate::image::oci::disk_cache(),
+                    })
+                    .map_err(usage)?
+                }
+                (None, Some(busybox), Some(runner_tarball)) => {
+                    crate::image::bundle(&crate::image::BundleInputs {
+                        kernel: a.kernel,
+                        modules: a.modules,
+                        busybox,
+                        runner_tarball,
+                        entrypoint,
+                        out: a.out.clone(),
+                    })
+                    .map_err(usage)?
+                }
+                _ => {
+                    return Err(OrchestratorError::Usage(
+                        "give --oci IMAGE, or --busybox and --runner-tarball".into(),
+                    ))
+                }
+            };
+            match &info.root {
+                Some(r) => println!(
+                    "bundle {}: kernel {}, {} modules, root disk {} of {} (image {}); boot it with: runner -R qemu -i {}",
+                    a.out.display(),
+                    info.kernel_release,
+                    info.modules.len(),
+                    r.disk.display(),
+                    r.image,
+                    &r.image_id[..12],
+                    a.out.display()
+                ),
+                None => println!(
+                    "bundle {}: kernel {}, actions runner {}, {} modules; boot it with: runner -R qemu -i {}",
+                    a.out.display(),
+                    info.kernel_release,
+                    info.runner_version,
+                    info.modules.len(),
+                    a.out.display()
+                ),
+            }
+            Ok(())
+        }
+        Command::Image(ImageCommand::Prune(a)) => {
+            let p = crate::image::oci::prune(a.all).map_err(OrchestratorError::Image)?;
+            for c in &p.containers {
+                println!("removed working container {c}");
+            }
+            for (name, size) in &p.images {
+                println!("removed image {name} ({size})");
+            }
+            for path in &p.paths {
+                println!("removed {}", path.display());
+            }
             println!(
-                "bundle {}: kernel {}, actions runner {}, {} modules; boot it with: runner -R qemu -i {}",
-                a.out.display(),
-                info.kernel_release,
-                info.runner_version,
-                info.modules.len(),
-                a.out.display()
+                "freed {:.1} MiB of disks and bundles; {} images, {} working containers removed",
+                p.bytes as f64 / 1048576.0,
+                p.images.len(),
+                p.containers.len()
             );
             Ok(())
         }

@@ -295,6 +295,7 @@ impl RunnerConfig {
             net: o.net,
             forwards,
             kernel: o.kernel.clone(),
+            scratch: o.scratch_size,
         };
         Ok(RunnerConfig {
             registrations: o.registrations,

@@ -54,6 +54,8 @@ pub struct World {
     pub forge: LocalForge,
     pub dir: tempfile::TempDir,
     pub tag: String,
+    /// Variables added to every command's clean environment.
+    pub env: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl World {
@@ -71,7 +73,12 @@ impl World {
         // An older version beside it: the entrypoint must pick the newest.
         std::fs::create_dir_all(dir.path().join("install/runner-2.9.0")).unwrap();
         let tag = protocol::secret::random_alnum(16).unwrap();
-        World { forge, dir, tag }
+        World {
+            forge,
+            dir,
+            tag,
+            env: Default::default(),
+        }
     }
 
     pub fn tmp(&self) -> PathBuf {
@@ -101,6 +108,7 @@ impl World {
             .env("GHRM_LEAK_TAG", &self.tag)
             // No stray .env from the developer's checkout.
             .current_dir(self.dir.path());
+        c.envs(self.env.lock().unwrap().iter().cloned());
         c
     }
 

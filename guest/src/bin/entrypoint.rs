@@ -44,6 +44,47 @@ macro_rules! log {
     ($($t:tt)*) => { eprintln!("entrypoint: {}", format_args!($($t)*)) };
 }
 
+/// `Runner.Listener`'s exit status when GitHub refuses its version (RunnerVersionDeprecated).
+const RUNNER_VERSION_DEPRECATED: u8 = 7;
+
+/// On a root-disk guest the scratch disk is mounted at `/_work`: give it to the
+/// runner's user and bind it over the runner's work folder (`<runner>/_work`), so
+/// the job's files land on the scratch disk and not in the image's overlay.
+fn bind_scratch(runner_dir: &Path, user: Option<&User>) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let scratch = Path::new(protocol::init::SCRATCH_MOUNT);
+    let (Ok(s), Ok(root)) = (std::fs::metadata(scratch), std::fs::metadata("/")) else {
+        return Ok(());
+    };
+    if s.dev() == root.dev() || !Uid::effective().is_root() {
+        return Ok(()); // not a mount of its own, or we cannot mount
+    }
+    if let Some(u) = user {
+        nix::unistd::chown(
+            scratch,
+            Some(Uid::from_raw(u.uid)),
+            Some(Gid::from_raw(u.gid)),
+        )
+        .map_err(|e| format!("chown {}: {e}", scratch.display()))?;
+    }
+    let work = runner_dir.join("_work");
+    std::fs::create_dir_all(&work).map_err(|e| format!("mkdir {}: {e}", work.display()))?;
+    nix::mount::mount(
+        Some(scratch),
+        &work,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind {} on {}: {e}", scratch.display(), work.display()))?;
+    log!(
+        "scratch disk {} is the runner's {}",
+        scratch.display(),
+        work.display()
+    );
+    Ok(())
+}
+
 #[derive(Debug)]
 struct Args {
     env: Option<PathBuf>,
@@ -439,6 +480,7 @@ fn run(buttons: Vec<std::os::fd::OwnedFd>) -> Result<u8, (u8, String)> {
                 ))
             })?;
         log!("using actions runner {version} from {}", dir.display());
+        bind_scratch(&dir, user.as_ref()).map_err(setup)?;
         if let Registration::Token {
             url,
             token,
@@ -576,6 +618,13 @@ fn run(buttons: Vec<std::os::fd::OwnedFd>) -> Result<u8, (u8, String)> {
     // Nothing of the job may outlive the runner.
     let _ = killpg(child, Signal::SIGKILL);
     log!("runner exited with status {status}");
+    if status == RUNNER_VERSION_DEPRECATED && args.command.is_empty() {
+        log!(
+            "error: GitHub refused this actions runner as deprecated (Runner.Listener exit 7): \
+             rebuild the image with a current RUNNER_VERSION (Containerfile; the runner-pin \
+             workflow keeps it current)"
+        );
+    }
 
     if sup.stop.is_some() {
         if let Some(tkn) = &args.tkn {
@@ -594,6 +643,32 @@ fn main() -> ExitCode {
     // PID 1 exiting panics the kernel. Otherwise just reap the job's orphans.
     let pid1 = std::process::id() == 1;
     let mut buttons = vec![];
+    if pid1 {
+        if let Some(keys) = protocol::init::stage1_keys() {
+            // Stage 1 of a root-disk bundle: make the image's disk the root and
+            // become the image's entrypoint (PID 1 still; it does the rest).
+            match protocol::init::stage1(&keys) {
+                Ok(next) => {
+                    for n in &next.notes {
+                        log!("stage 1: {n}");
+                    }
+                    log!("stage 1: running {} from the image", next.init);
+                    let err = Command::new(&next.init)
+                        .args(std::env::args_os().skip(1))
+                        .env_clear()
+                        .envs(next.env.iter().map(|(k, v)| (k, v)))
+                        .env("HOME", "/root")
+                        .exec();
+                    log!("error: stage 1: cannot run {}: {err}", next.init);
+                    protocol::init::power_off(127);
+                }
+                Err(e) => {
+                    log!("error: stage 1: {e}");
+                    protocol::init::power_off(SETUP_FAILED);
+                }
+            }
+        }
+    }
     if pid1 {
         match protocol::init::setup() {
             Ok(init) => {
