@@ -121,12 +121,13 @@ pub struct RunnerOpts {
         default_value = "Default"
     )]
     pub group: String,
-    /// OCI image of the guest.
+    /// The guest: an OCI image (krunvm, podman; built from the project's
+    /// Containerfile), or with -R qemu a bundle directory (`orchestrator image bundle`).
     #[arg(
         short = 'i',
         long = "image",
         env = "RUNNER_IMAGE",
-        default_value = "ghcr.io/gh-runner-microvm/runner-ubuntu:main"
+        default_value = "ghcr.io/gh-runner-microvm/gh-runner-microvm:ubuntu"
     )]
     pub image: String,
     /// Log destination: a file to append to (default: standard error).
@@ -489,7 +490,7 @@ mod tests {
         assert_eq!(parse_size("0").unwrap(), 0);
         assert!(parse_size("1K").unwrap_err().contains("too small"));
         assert!(parse_size("2X").unwrap_err().contains("unknown unit"));
-        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+        assert!(parse_size("1.5G").unwrap_err().contains("not a size"));
         assert!(parse_size("99999999999T")
             .unwrap_err()
             .contains("too large"));

@@ -454,6 +454,57 @@ fn write_modules<W: std::io::Write>(
         .map_err(w)
 }
 
+/// `DIR/initrd.img` being written: under a temporary name (unique per build: two
+/// builds of one bundle, two demos, must not share it) that is removed unless
+/// [`Initrd::commit`] renames it into place.
+struct Initrd {
+    /// Taken by `commit`.
+    cpio: Option<Cpio<std::io::BufWriter<std::fs::File>>>,
+    tmp: PathBuf,
+    path: PathBuf,
+    done: bool,
+}
+
+impl Initrd {
+    fn create(out: &Path) -> Result<Initrd, ImageError> {
+        std::fs::create_dir_all(out).map_err(|e| ImageError::Write(out.into(), e))?;
+        let tmp = out.join(format!(".initrd.img.{}.partial", std::process::id()));
+        let file = std::fs::File::create(&tmp).map_err(|e| ImageError::Write(tmp.clone(), e))?;
+        Ok(Initrd {
+            cpio: Some(Cpio::new(std::io::BufWriter::new(file))),
+            tmp,
+            path: out.join("initrd.img"),
+            done: false,
+        })
+    }
+
+    /// The archive (until `commit`).
+    fn cpio(&mut self) -> &mut Cpio<std::io::BufWriter<std::fs::File>> {
+        self.cpio
+            .as_mut()
+            .expect("the initramfs is written before commit")
+    }
+
+    fn commit(mut self) -> Result<(), ImageError> {
+        let w = |e| ImageError::Write(self.path.clone(), e);
+        if let Some(cpio) = self.cpio.take() {
+            let mut f = cpio.finish().map_err(w)?;
+            std::io::Write::flush(&mut f).map_err(w)?;
+        }
+        std::fs::rename(&self.tmp, &self.path).map_err(w)?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Initrd {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// Read a bzImage kernel.
 fn read_kernel(path: &Path) -> Result<Vec<u8>, ImageError> {
     let kernel = std::fs::read(path).map_err(|e| bad("--kernel", path, e.to_string()))?;
@@ -485,12 +536,9 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
     let version = runner_version(&inp.runner_tarball)?;
 
     let out = &inp.out;
-    std::fs::create_dir_all(out).map_err(|e| ImageError::Write(out.clone(), e))?;
-    let initrd_path = out.join("initrd.img");
-    // Unique per build: two builds of one bundle (two demos) must not share it.
-    let tmp = out.join(format!(".initrd.img.{}.partial", std::process::id()));
-    let file = std::fs::File::create(&tmp).map_err(|e| ImageError::Write(tmp.clone(), e))?;
-    let mut c = Cpio::new(std::io::BufWriter::new(file));
+    let mut initrd = Initrd::create(out)?;
+    let initrd_path = initrd.path.clone();
+    let c = initrd.cpio();
     let w = |e| ImageError::Write(initrd_path.clone(), e);
     for d in [
         "/bin",
@@ -543,7 +591,7 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
     .map_err(w)?;
     c.file("/etc/hostname", 0o644, 0, 0, b"gh-runner-microvm\n")
         .map_err(w)?;
-    write_modules(&mut c, &root, &release, &modules).map_err(|e| match e {
+    write_modules(c, &root, &release, &modules).map_err(|e| match e {
         ModulesError::Read(p, e) => bad("--modules", &p, e.to_string()),
         ModulesError::Write(e) => w(e),
     })?;
@@ -621,15 +669,13 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
         }
     }
     if !has_run {
-        let _ = std::fs::remove_file(&tmp);
         return Err(bad(
             "--runner-tarball",
             &inp.runner_tarball,
             "no run.sh at its top level: not an actions runner tarball",
         ));
     }
-    c.finish().map_err(w)?;
-    std::fs::rename(&tmp, &initrd_path).map_err(|e| ImageError::Write(initrd_path.clone(), e))?;
+    initrd.commit()?;
     std::fs::write(out.join("vmlinuz"), &kernel)
         .map_err(|e| ImageError::Write(out.join("vmlinuz"), e))?;
     let info = BundleInfo {

@@ -12,14 +12,12 @@
 //! QEMU boots the disk behind a per-VM copy-on-write overlay, so the cached disk
 //! never changes (see `backend::qemu`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
-use super::cpio::Cpio;
-use super::{bad, BundleInfo, ImageError, GUEST_MODULES};
+use super::{bad, BundleInfo, ImageError, Initrd, GUEST_MODULES};
 
 /// Modules stage 1 needs beyond the guest's usual ones: the disk and its file system.
 pub const DISK_MODULES: &[&str] = &["virtio_blk", "crc32c_generic", "ext4"];
@@ -267,11 +265,9 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
 
     // Stage 1.
     let out = &inp.out;
-    std::fs::create_dir_all(out).map_err(|e| ImageError::Write(out.clone(), e))?;
-    let initrd_path = out.join("initrd.img");
-    let tmp = out.join(format!(".initrd.img.{}.partial", std::process::id()));
-    let file = std::fs::File::create(&tmp).map_err(|e| ImageError::Write(tmp.clone(), e))?;
-    let mut c = Cpio::new(std::io::BufWriter::new(file));
+    let mut initrd = Initrd::create(out)?;
+    let initrd_path = initrd.path.clone();
+    let c = initrd.cpio();
     let w = |e| ImageError::Write(initrd_path.clone(), e);
     for d in [
         "/dev",
@@ -297,16 +293,11 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
     }
     c.file(protocol::init::IMAGE_ENV, 0o644, 0, 0, env.as_bytes())
         .map_err(w)?;
-    super::write_modules(&mut c, &root, &release, &modules).map_err(|e| match e {
+    super::write_modules(c, &root, &release, &modules).map_err(|e| match e {
         super::ModulesError::Read(p, e) => bad("--modules", &p, e.to_string()),
         super::ModulesError::Write(e) => w(e),
     })?;
-    let done = c.finish().map_err(w).and_then(|mut f| f.flush().map_err(w));
-    if let Err(e) = done {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, &initrd_path).map_err(|e| ImageError::Write(initrd_path.clone(), e))?;
+    initrd.commit()?;
     std::fs::write(out.join("vmlinuz"), &kernel)
         .map_err(|e| ImageError::Write(out.join("vmlinuz"), e))?;
     let info = BundleInfo {
