@@ -5,8 +5,9 @@
 #   buildah bud --build-arg BASE_IMAGE=localhost/gh-runner-microvm-debian:bookworm ...
 # The debootstrap tree is cached as a tarball (~60 MB) under
 # ${XDG_CACHE_HOME:-~/.cache}/gh-runner-microvm/debian-base/; the mirror is the
-# one apt uses (MIRROR overrides). Needs root (debootstrap), or run it under
-# `buildah unshare` with a cached tarball.
+# one apt uses (MIRROR overrides). debootstrap needs root: as another user it runs
+# with sudo, and the import runs in `buildah unshare` (rootless buildah mounts
+# containers only in its user namespace).
 set -euo pipefail
 
 image=${1:-localhost/gh-runner-microvm-debian:bookworm}
@@ -26,17 +27,21 @@ if [ ! -s "$tarball" ]; then
   fi
   mkdir -p "$cache"
   work=$(mktemp -d "$cache/.debootstrap.XXXXXX")
-  trap 'rm -rf "$work"' EXIT
   echo "debian-base: debootstrap --variant=minbase $suite from $MIRROR" >&2
-  debootstrap --variant=minbase "$suite" "$work/root" "$MIRROR" >"$work/log" 2>&1 || {
+  as_root=()
+  [ "$(id -u)" = 0 ] || as_root=(sudo)
+  trap '"${as_root[@]}" rm -rf "$work"' EXIT
+  "${as_root[@]}" debootstrap --variant=minbase "$suite" "$work/root" "$MIRROR" >"$work/log" 2>&1 || {
     tail -n 20 "$work/log" >&2
     exit 1
   }
   # Nothing of the build host's apt state or logs in the image.
-  rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/log/"*
-  tar -C "$work/root" --numeric-owner -cf "$tarball.partial" .
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  "${as_root[@]}" sh -c 'rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/log/*' sh "$work/root"
+  "${as_root[@]}" tar -C "$work/root" --numeric-owner -cf "$tarball.partial" .
+  "${as_root[@]}" chown "$(id -u):$(id -g)" "$tarball.partial"
   mv "$tarball.partial" "$tarball"
-  rm -rf "$work"
+  "${as_root[@]}" rm -rf "$work"
   trap - EXIT
 fi
 
@@ -44,6 +49,10 @@ command -v buildah >/dev/null || {
   echo "debian-base: buildah is not installed (apt-get install buildah)" >&2
   exit 1
 }
+if [ "$(id -u)" != 0 ] && [ -z "${BUILDAH_ISOLATION:-}" ]; then
+  exec buildah unshare "$0" "$image"
+fi
+
 ctr=$(buildah from --quiet scratch)
 cleanup() { buildah rm "$ctr" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
