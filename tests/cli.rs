@@ -1,6 +1,8 @@
 //! Command-line behaviour: help, and every invalid input exiting 2 with a message
 //! that names the option (a missing backend: 1, naming the tool and the fix).
 
+use std::path::Path;
+
 use assert_cmd::Command;
 use predicates::prelude::*;
 
@@ -137,9 +139,13 @@ fn environment_and_dotenv_feed_options() {
 fn missing_backend_names_the_tool_and_the_fix() {
     let w = World::new();
     let forge = w.forge.url();
+    // A PATH with none of the tools (this host may have buildah or QEMU installed).
+    let empty = w.dir.path().join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let empty = empty.display().to_string();
     for (rt, tool) in [("krunvm", "buildah"), ("podman", "podman")] {
         cmd(&w, "orchestrator")
-            .env("PATH", "/usr/bin:/bin")
+            .env("PATH", &empty)
             .args(["-R", rt, "--", "-T", "x", "-p", "o/r", "-g", &forge])
             .assert()
             .code(1)
@@ -149,7 +155,7 @@ fn missing_backend_names_the_tool_and_the_fix() {
             );
     }
     cmd(&w, "orchestrator")
-        .env("PATH", "/usr/bin:/bin")
+        .env("PATH", &empty)
         .args(["--", "-T", "x", "-p", "o/r"])
         .assert()
         .code(1)
@@ -179,4 +185,63 @@ fn bad_credentials_fail_once_with_a_clear_error() {
             predicate::str::contains("401 Bad credentials")
                 .and(predicate::str::contains("-T/RUNNER_PAT")),
         );
+}
+
+/// `scripts/update-runner-pin.sh` (run weekly by .github/workflows/runner-pin.yml)
+/// moves the Containerfile's pin to the latest release with that release's
+/// checksums, and leaves a current or newer pin alone.
+#[test]
+fn runner_pin_follows_the_latest_release() {
+    let w = World::new();
+    let file = w.dir.path().join("Containerfile");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("Containerfile"),
+        &file,
+    )
+    .unwrap();
+    let release = |tag: &str| {
+        let p = w.dir.path().join(format!("release-{tag}.json"));
+        let body = format!(
+            "## Changes\n- actions-runner-linux-x64-{v}.tar.gz <!-- BEGIN SHA linux-x64 -->{x}<!-- END SHA linux-x64 -->\n\
+             - actions-runner-linux-arm64-{v}.tar.gz <!-- BEGIN SHA linux-arm64 -->{a}<!-- END SHA linux-arm64 -->\n",
+            v = tag.trim_start_matches('v'),
+            x = "a".repeat(64),
+            a = "b".repeat(64)
+        );
+        std::fs::write(
+            &p,
+            serde_json::json!({"tag_name": tag, "body": body}).to_string(),
+        )
+        .unwrap();
+        p
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/update-runner-pin.sh");
+    let run = |json: &Path| {
+        std::process::Command::new(&script)
+            .env("CONTAINERFILE", &file)
+            .env("RELEASE_JSON", json)
+            .output()
+            .unwrap()
+    };
+    let out = run(&release("v9.999.1"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "9.999.1");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\nARG RUNNER_VERSION=9.999.1\n"), "{text}");
+    assert!(text.contains(&format!("\nARG RUNNER_SHA256_X64={}\n", "a".repeat(64))));
+    assert!(text.contains(&format!("\nARG RUNNER_SHA256_ARM64={}\n", "b".repeat(64))));
+    // Current: nothing to do. Older: left alone.
+    for tag in ["v9.999.1", "v2.100.0"] {
+        let out = run(&release(tag));
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    }
+    // Notes without checksums: an error, the file untouched.
+    let p = w.dir.path().join("bad.json");
+    std::fs::write(&p, r#"{"tag_name":"v10.0.0","body":"no sums"}"#).unwrap();
+    let out = run(&p);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksums"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
 }

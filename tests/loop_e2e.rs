@@ -126,7 +126,7 @@ fn run_six_jobs(runtime: &str) {
     let calls = w.read_state("calls.log");
     match runtime {
         "krunvm" => {
-            assert!(calls.contains("buildah unshare krunvm create ghcr.io/gh-runner-microvm/runner-ubuntu:main --cpus 2 --mem 1024 --dns 1.1.1.1 --name GH-runner-1-"), "{calls}");
+            assert!(calls.contains("buildah unshare krunvm create ghcr.io/gh-runner-microvm/gh-runner-microvm:ubuntu --cpus 2 --mem 1024 --dns 1.1.1.1 --name GH-runner-1-"), "{calls}");
             assert!(
                 calls.contains("/_environment --volume")
                     || calls.contains(":/_environment\n")
