@@ -245,3 +245,64 @@ fn runner_pin_follows_the_latest_release() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksums"));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
 }
+
+/// `base/docker.sh`, the guest's `docker`: the real CLI against podman's socket,
+/// with `--network host` added to run/create/build unless a network is named.
+#[test]
+fn docker_shim_adds_host_networking_unless_a_network_is_named() {
+    let w = World::new();
+    let real = w.dir.path().join("docker-real");
+    std::fs::write(&real, "#!/bin/sh\necho \"$DOCKER_HOST|$*\"\n").unwrap();
+    std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("base/docker.sh");
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new(&shim)
+            .args(args)
+            .env("DOCKER_REAL_CLI", &real)
+            .env("DOCKER_HOST", "unix:///run/podman/podman.sock")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let h = "unix:///run/podman/podman.sock|";
+    assert_eq!(
+        docker(&["run", "--rm", "alpine", "true"]),
+        format!("{h}run --network host --rm alpine true")
+    );
+    assert_eq!(
+        docker(&["create", "alpine"]),
+        format!("{h}create --network host alpine")
+    );
+    assert_eq!(
+        docker(&["build", "-t", "x", "."]),
+        format!("{h}build --network host -t x .")
+    );
+    assert_eq!(
+        docker(&["run", "--network=none", "alpine"]),
+        format!("{h}run --network=none alpine")
+    );
+    assert_eq!(
+        docker(&["run", "--net", "bridge", "alpine"]),
+        format!("{h}run --net bridge alpine")
+    );
+    // Arguments of the container's command are not options of docker's.
+    assert_eq!(
+        docker(&["run", "alpine", "--", "--network", "x"]),
+        format!("{h}run --network host alpine -- --network x")
+    );
+    assert_eq!(docker(&["ps", "-a"]), format!("{h}ps -a"));
+    assert_eq!(
+        docker(&["compose", "up", "-d"]),
+        format!("{h}compose up -d")
+    );
+    // No real CLI: a clear error, 127.
+    let out = std::process::Command::new(&shim)
+        .arg("ps")
+        .env("DOCKER_REAL_CLI", w.dir.path().join("absent"))
+        .env("DOCKER_HOST", "unix:///x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("docker-ce-cli"));
+}

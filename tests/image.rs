@@ -139,7 +139,7 @@ fn an_oci_image_boots_under_qemu_and_runs_a_job_then_prune_removes_it() {
     let tgz =
         ghrm::image::fake_runner_tarball(&bin("fake-runner-listener"), &ctx, "2.330.0").unwrap();
     let image = "localhost/ghrm-test-runner:latest";
-    run(
+    let build = |tag: &str, sha: &str| {
         buildah(&w)
             .args(["bud", "--isolation", "chroot", "--quiet"])
             .args([
@@ -153,14 +153,31 @@ fn an_oci_image_boots_under_qemu_and_runs_a_job_then_prune_removes_it() {
                     tgz.file_name().unwrap().to_string_lossy()
                 ),
                 "--build-arg",
+                &format!("RUNNER_TARBALL_SHA256={sha}"),
+                "--build-arg",
                 "TARGETARCH=amd64",
                 "-t",
-                image,
+                tag,
                 "-f",
             ])
             .arg(ctx.join("Containerfile"))
-            .arg(&ctx),
-        "buildah bud (Containerfile)",
+            .arg(&ctx)
+            .output()
+            .unwrap()
+    };
+    // A tarball that does not match its checksum is refused.
+    let bad = build("localhost/ghrm-test-bad:latest", &"0".repeat(64));
+    assert!(!bad.status.success(), "a wrong checksum was accepted");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("checksum mismatch"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let good = build(image, &sha256(&tgz));
+    assert!(
+        good.status.success(),
+        "buildah bud (Containerfile): {}",
+        String::from_utf8_lossy(&good.stderr)
     );
 
     // 3. image bundle --oci, twice: the second reuses the converted disk.
@@ -286,6 +303,59 @@ fn an_oci_image_boots_under_qemu_and_runs_a_job_then_prune_removes_it() {
     assert!(left.is_empty(), "scratch disks left: {left:?}");
     let procs = w.wait_no_processes(Duration::from_secs(5));
     assert!(procs.is_empty(), "{procs:?}");
+
+    // 4b. -D /local against the real image: the image and its disk stay as they are,
+    // the freshly built entrypoint (the directory of ours) runs as PID 1 after stage 1.
+    w.forge.queue_job(
+        REPO,
+        &["microvm"],
+        "echo \"pid1=$(tr '\\0' '\\n' < /proc/1/cmdline | head -n1)\"; echo \"os=$(. /etc/os-release; echo $ID)\"",
+    );
+    let dev = bin("entrypoint").parent().unwrap().display().to_string();
+    let mut p = w.spawn(
+        "runner",
+        &[
+            "-R",
+            "qemu",
+            "-i",
+            &bundle_s,
+            "--accel",
+            "tcg",
+            "--net",
+            "restricted",
+            "--net-forward",
+            &forward,
+            "-m",
+            "512",
+            "-c",
+            "1",
+            "--scratch-size",
+            "0",
+            "-D",
+            "/local",
+            "--dev-dir",
+            &dev,
+            "-T",
+            PAT,
+            "-g",
+            &url,
+            "-p",
+            REPO,
+            "-r",
+            "1",
+        ],
+    );
+    let st = p.finish(Duration::from_secs(300));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    let j = &w.forge.jobs()[1];
+    assert_eq!(j.exit_code, Some(0), "{}\n{log}", j.output);
+    assert!(
+        j.output.contains("pid1=/local/entrypoint\n") && j.output.contains("os=debian"),
+        "not the dev entrypoint in the image:\n{}\n{log}",
+        j.output
+    );
+    assert_eq!(sha256(&root.disk), before, "the base disk changed");
 
     // 5. prune: our image, disk and bundle go; the foreign base stays.
     let out = run(

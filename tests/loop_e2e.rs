@@ -158,3 +158,106 @@ fn krunvm_runs_every_job_once_and_leaves_nothing() {
 fn podman_runs_every_job_once_and_leaves_nothing() {
     run_six_jobs("podman");
 }
+
+/// `-D /local`: the directory of a freshly built entrypoint is mounted into the VM
+/// and that entrypoint runs instead of the image's, with krunvm and with podman
+/// (QEMU: `qemu::qemu_dev_dir_and_mounts` and the image test).
+#[test]
+fn dev_mode_runs_the_fresh_entrypoint_with_krunvm_and_podman() {
+    for runtime in ["krunvm", "podman"] {
+        let w = World::new();
+        let dev = w.dir.path().join("dev");
+        std::fs::create_dir_all(&dev).unwrap();
+        // "Freshly built": the real entrypoint behind a wrapper that leaves a mark.
+        let wrapper = dev.join("entrypoint");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\necho \"dev entrypoint ran: $*\" >> \"$(dirname \"$0\")/ran\"\nexec '{}' \"$@\"\n",
+                crate::common::bin("entrypoint").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        w.forge.queue_job(crate::common::REPO, &[], "echo dev-ok");
+        let dev_s = dev.display().to_string();
+        let mut p = w.orchestrator(
+            &["-n", "1", "-R", runtime],
+            &["-r", "1", "-u", "root", "-D", "/local", "--dev-dir", &dev_s],
+        );
+        let st = p.finish(Duration::from_secs(60));
+        let log = p.log();
+        assert!(st.success(), "{runtime}: {st}\n{log}");
+        let j = &w.forge.jobs()[0];
+        assert_eq!(j.status, JobStatus::Completed, "{runtime}: {log}");
+        assert!(j.output.contains("dev-ok"), "{runtime}: {}", j.output);
+        let ran = std::fs::read_to_string(dev.join("ran")).unwrap_or_default();
+        assert!(
+            ran.contains("dev entrypoint ran: -E ") && ran.contains(".env -k "),
+            "{runtime}: the dev entrypoint did not run: {ran:?}\n{log}"
+        );
+        let calls = w.read_state("calls.log");
+        assert!(
+            calls.contains(&format!("{dev_s}:/local")) && calls.contains("/local/entrypoint"),
+            "{runtime}: {calls}"
+        );
+    }
+}
+
+/// GitHub refuses deprecated runners and `Runner.Listener` then exits 7: the guest
+/// says so, and the loop ends at once with exit 2 naming the fix, instead of
+/// registering runner after runner that cannot work.
+#[test]
+fn a_deprecated_runner_ends_the_loop_with_a_clear_error() {
+    let w = World::new();
+    let old = w.dir.path().join("install/runner-9.0.0/bin");
+    std::fs::create_dir_all(&old).unwrap();
+    let listener = old.join("Runner.Listener");
+    std::fs::write(
+        &listener,
+        "#!/bin/sh\necho 'An error occurred: Runner version v9.0.0 is deprecated and cannot receive messages.'\nexit 7\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &listener,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    w.forge.queue_job(crate::common::REPO, &[], "echo never");
+    let url = w.forge.url();
+    let mut p = w.spawn(
+        "runner",
+        &[
+            "-R",
+            "krunvm",
+            "-T",
+            PAT,
+            "-g",
+            &url,
+            "-p",
+            crate::common::REPO,
+            "-r",
+            "3",
+            "-u",
+            "root",
+        ],
+    );
+    let st = p.finish(Duration::from_secs(60));
+    let log = p.log();
+    assert_eq!(st.code(), Some(2), "{log}");
+    assert!(
+        log.contains("GitHub refused this actions runner as deprecated"),
+        "the guest did not say it: {log}"
+    );
+    assert!(
+        log.contains("is deprecated: GitHub refused it") && log.contains("RUNNER_VERSION"),
+        "{log}"
+    );
+    assert_eq!(w.forge.stats().jit_configs, 1, "{log}");
+    assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
+    assert!(w.vms().is_empty(), "{:?}", w.vms());
+}

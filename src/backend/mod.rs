@@ -220,6 +220,14 @@ impl Backend {
         }
     }
 
+    /// The guest's own exit status (the entrypoint's), when the backend passes it on.
+    pub fn guest_status(&self, st: &std::process::ExitStatus) -> Option<i32> {
+        match self {
+            Backend::Qemu(_) => qemu::guest_status(st),
+            _ => st.code(),
+        }
+    }
+
     /// Has the VM's boot visibly stalled (QEMU: no sign of init on the console)?
     pub fn boot_stalled(&self, name: &str, elapsed: std::time::Duration) -> bool {
         match self {

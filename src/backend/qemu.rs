@@ -648,6 +648,11 @@ fn host_tsc_khz() -> Option<u64> {
     })
 }
 
+/// The status the guest reported through isa-debug-exit (QEMU exits `2 * s + 1`).
+pub fn guest_status(st: &std::process::ExitStatus) -> Option<i32> {
+    st.code().filter(|c| c % 2 == 1).map(|c| (c - 1) / 2)
+}
+
 /// What QEMU's exit status says about the guest.
 pub fn describe_exit(st: &std::process::ExitStatus) -> (bool, String) {
     match st.code() {

@@ -46,6 +46,13 @@ pub enum RunnerError {
     /// Asked to stop while waiting to register (not a failure).
     #[error("stopped before a runner could be registered")]
     Stopped,
+    /// GitHub refused the image's actions runner as deprecated (exit 2: retrying with
+    /// the same image cannot help).
+    #[error("the actions runner in the guest image ({image}) is deprecated: GitHub refused it (Runner.Listener exit 7); rebuild the image with a current runner (Containerfile: RUNNER_VERSION, kept current by the runner-pin workflow)")]
+    RunnerDeprecated {
+        /// The image (-i).
+        image: String,
+    },
     /// Guests keep failing.
     #[error("giving up: {count} VMs in a row failed to get their runner up (last: {last})")]
     GuestFailing {
@@ -60,7 +67,7 @@ impl RunnerError {
     /// The documented exit status.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunnerError::Config(_) => 2,
+            RunnerError::Config(_) | RunnerError::RunnerDeprecated { .. } => 2,
             _ => 1,
         }
     }
@@ -91,7 +98,13 @@ struct Iteration {
     end: bool,
     /// Why it failed, when it did not get ready.
     failure: Option<String>,
+    /// The guest's runner was refused as deprecated (`Runner.Listener` exit 7).
+    deprecated: bool,
 }
+
+/// The guest's status when GitHub refused its actions runner as deprecated
+/// (`Runner.Listener` exit 7, passed on by the entrypoint).
+const RUNNER_VERSION_DEPRECATED: i32 = 7;
 
 /// A runner loop.
 pub struct Loop {
@@ -203,6 +216,11 @@ impl Loop {
                 }
                 r => r?,
             };
+            if it.deprecated {
+                return Err(RunnerError::RunnerDeprecated {
+                    image: self.cfg.image.clone(),
+                });
+            }
             if it.ready {
                 done += 1;
                 failures = 0;
@@ -383,6 +401,7 @@ impl Loop {
                 ready: false,
                 end: false,
                 failure: Some(format!("cannot create VM {name}: {e}")),
+                deprecated: false,
             });
         }
         let mut child = match self.backend.start(spec) {
@@ -392,6 +411,7 @@ impl Loop {
                     ready: false,
                     end: false,
                     failure: Some(format!("cannot start VM {name}: {e}")),
+                    deprecated: false,
                 })
             }
         };
@@ -506,10 +526,14 @@ impl Loop {
                 None => format!("VM {name} exited ({what}) before its runner was up"),
             }
         });
+        let deprecated = !drained
+            && status.as_ref().and_then(|st| self.backend.guest_status(st))
+                == Some(RUNNER_VERSION_DEPRECATED);
         Ok(Iteration {
             ready,
             end,
             failure,
+            deprecated,
         })
     }
 
@@ -527,6 +551,7 @@ impl Loop {
             ready: false,
             end: false,
             failure: Some(why),
+            deprecated: false,
         }
     }
 
