@@ -382,4 +382,11 @@ fn an_oci_image_boots_under_qemu_and_runs_a_job_then_prune_removes_it() {
         "buildah containers",
     );
     assert!(containers.trim().is_empty(), "{containers}");
+    // --all: the foreign one too.
+    let out = run(
+        w.command("orchestrator").args(["image", "prune", "--all"]),
+        "image prune --all",
+    );
+    assert!(out.contains(&format!("removed image {base}")), "{out}");
+    assert!(image_names(&w).is_empty(), "{:?}", image_names(&w));
 }

@@ -143,7 +143,8 @@ impl Drop for WorkingContainer {
     }
 }
 
-/// Turn the image's file system into `dest` (raw ext4, label `ghrm-root`).
+/// Turn the image's file system (`image`: its id) into `dest` (raw ext4, label
+/// `ghrm-root`).
 /// Runs in `buildah unshare`: rootless buildah can mount a container only in its
 /// user namespace, where the image's owners (and setuid bits) are what mkfs sees.
 fn convert(image: &str, dest: &Path) -> Result<(), String> {
@@ -250,7 +251,8 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
             .cache
             .join(format!(".{id}.ext4.{}.partial", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
-        let result = convert(&inp.image, &tmp);
+        // By id: the name may have moved to another image since it was inspected.
+        let result = convert(&id, &tmp);
         if let Err(e) = result {
             let _ = std::fs::remove_file(&tmp);
             return Err(bad("--oci", image, e));
