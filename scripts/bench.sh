@@ -6,6 +6,8 @@
 #
 #   scripts/bench.sh                 BENCH_JOBS=10 BENCH_ACCEL=auto by default
 #   BENCH_ACCEL=tcg BENCH_JOBS=12 scripts/bench.sh
+#   BENCH_BUNDLE=DIR scripts/bench.sh   boot DIR (e.g. a root-disk bundle of an image
+#                                       with the fake runner) instead of the busybox one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=${BENCH_JOBS:-10}
@@ -17,7 +19,8 @@ results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 for n in $loops; do
   echo "bench: $n loop(s), $jobs jobs, accel $accel ..." >&2
-  target/release/orchestrator demo -n "$n" --jobs "$jobs" --accel "$accel" --json 2>/dev/null | tail -n 1 >> "$results"
+  target/release/orchestrator demo -n "$n" --jobs "$jobs" --accel "$accel" \
+    ${BENCH_BUNDLE:+--bundle "$BENCH_BUNDLE"} --json 2>/dev/null | tail -n 1 >> "$results"
 done
 
 python3 - "$results" <<'PY'

@@ -16,7 +16,8 @@ cache=${XDG_CACHE_HOME:-$HOME/.cache}/gh-runner-microvm/debian-base
 tarball=$cache/$suite-minbase.tar
 
 if [ ! -s "$tarball" ]; then
-  command -v debootstrap >/dev/null || {
+  # debootstrap lives in sbin, which a user's PATH often lacks.
+  debootstrap=$(PATH=$PATH:/usr/sbin:/sbin command -v debootstrap) || {
     echo "debian-base: debootstrap is not installed (apt-get install debootstrap)" >&2
     exit 1
   }
@@ -31,7 +32,7 @@ if [ ! -s "$tarball" ]; then
   as_root=()
   [ "$(id -u)" = 0 ] || as_root=(sudo)
   trap '"${as_root[@]}" rm -rf "$work"' EXIT
-  "${as_root[@]}" debootstrap --variant=minbase "$suite" "$work/root" "$MIRROR" >"$work/log" 2>&1 || {
+  "${as_root[@]}" "$debootstrap" --variant=minbase "$suite" "$work/root" "$MIRROR" >"$work/log" 2>&1 || {
     tail -n 20 "$work/log" >&2
     exit 1
   }

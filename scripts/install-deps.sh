@@ -24,8 +24,8 @@ command -v node >/dev/null || need+=(nodejs npm)
 # The image tests: buildah builds the Containerfile on a debootstrap Debian base,
 # mkfs.ext4 makes root and scratch disks.
 command -v buildah >/dev/null || need+=(buildah)
-command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+PATH=$PATH:/usr/sbin:/sbin command -v debootstrap >/dev/null || need+=(debootstrap)
+PATH=$PATH:/usr/sbin:/sbin command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v jq >/dev/null || need+=(jq)
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -50,6 +50,10 @@ pub struct DemoArgs {
     /// Static busybox to use instead of busybox-static's.
     #[arg(long)]
     pub busybox: Option<PathBuf>,
+    /// Boot this bundle instead of building the busybox one: e.g. a root-disk bundle
+    /// (`image bundle --oci`) of an image with the fake actions runner, to compare.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "busybox"])]
+    pub bundle: Option<PathBuf>,
     /// Also print the table as one JSON line (for scripts/bench.sh).
     #[arg(long)]
     pub json: bool,
@@ -263,7 +267,13 @@ fn log_values(log: &str, key: &str) -> Vec<f64> {
 /// Run the demo with `n` loops.
 pub fn run(args: DemoArgs, n: u32) -> Result<(), DemoError> {
     let tty = std::io::stderr().is_terminal();
-    let bundle = demo_bundle(&args)?;
+    let bundle = match &args.bundle {
+        Some(b) => {
+            crate::image::BundleInfo::load(b).map_err(DemoError::Missing)?;
+            b.clone()
+        }
+        None => demo_bundle(&args)?,
+    };
     let forge = LocalForge::start(0, &[PAT])
         .map_err(|e| DemoError::Io("start the local forge".into(), e))?;
     forge.set_runner_url(&format!("http://{GUEST_FORGE}"));
@@ -275,6 +285,7 @@ pub fn run(args: DemoArgs, n: u32) -> Result<(), DemoError> {
         );
     }
     let log_path = cache_dir().join("demo/last-run.log");
+    let _ = std::fs::create_dir_all(cache_dir().join("demo"));
     let log = std::fs::File::create(&log_path)
         .map_err(|e| DemoError::Io(format!("create {}", log_path.display()), e))?;
     let me =

@@ -299,7 +299,7 @@ impl Qemu {
             .and_then(|f| f.set_len(self.cfg.scratch).map(|_| f))
             .map_err(|e| BackendError::Spawn(format!("create {}", path.display()), e))?;
         drop(f);
-        let out = std::process::Command::new("mkfs.ext4")
+        let out = std::process::Command::new(mkfs_ext4())
             .args(["-q", "-F", "-L", protocol::init::SCRATCH_LABEL])
             .args(["-O", "^has_journal", "-m", "0", "-E", "lazy_itable_init=1"])
             .arg(&path)
@@ -614,6 +614,19 @@ pub fn scratch_root() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp"))
         .join(format!("gh-runner-microvm-scratch.{uid}"))
+}
+
+/// `mkfs.ext4`: on `PATH`, or in the sbin directories a user's `PATH` often lacks.
+pub fn mkfs_ext4() -> PathBuf {
+    which::which("mkfs.ext4")
+        .ok()
+        .or_else(|| {
+            ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from("mkfs.ext4"))
 }
 
 /// A value inside a QEMU `-drive` option list: commas are doubled.

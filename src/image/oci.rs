@@ -164,6 +164,7 @@ fn convert(image: &str, dest: &Path) -> Result<(), String> {
     let _ctr = WorkingContainer(name.clone());
     // Size: the files, a quarter more for ext4's own blocks, and 64 MiB of room.
     const SCRIPT: &str = r#"set -eu
+PATH=$PATH:/usr/sbin:/sbin
 mnt=$(buildah mount "$1")
 trap 'buildah umount "$1" >/dev/null' EXIT
 kib=$(du -sxk "$mnt" | cut -f1)

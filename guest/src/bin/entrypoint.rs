@@ -656,8 +656,8 @@ fn main() -> ExitCode {
                     let err = Command::new(&next.init)
                         .args(std::env::args_os().skip(1))
                         .env_clear()
+                        .env("HOME", "/root") // unless the image says otherwise
                         .envs(next.env.iter().map(|(k, v)| (k, v)))
-                        .env("HOME", "/root")
                         .exec();
                     log!("error: stage 1: cannot run {}: {err}", next.init);
                     protocol::init::power_off(127);
