@@ -383,6 +383,48 @@ fn image_bundle_errors_name_the_input() {
         "{err}"
     );
     assert!(kdir.join("bundle.json").is_file());
+
+    // The two kinds: one of --oci or --busybox (with --runner-tarball), not both.
+    let bundle = |extra: &[&str], path: &str| {
+        let o = w
+            .command("orchestrator")
+            .env("PATH", path)
+            .args(["image", "bundle", "--kernel"])
+            .arg(kernel.join("vmlinuz"))
+            .arg("--modules")
+            .arg(&mods)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = bundle(&[], "/usr/bin:/bin");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--oci") && err.contains("--busybox"), "{err}");
+    let (code, err) = bundle(
+        &["--oci", "x", "--busybox", "/bin/busybox"],
+        "/usr/bin:/bin",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+    let (code, err) = bundle(&["--busybox", "/bin/busybox"], "/usr/bin:/bin");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--busybox and --runner-tarball"), "{err}");
+    // --oci without buildah: named, with how to install it.
+    let empty = w.dir.path().join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (code, err) = bundle(&["--oci", "localhost/x"], &empty.display().to_string());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("buildah is not installed") && err.contains("apt-get install buildah"),
+        "{err}"
+    );
+    assert!(!out.join("bundle.json").exists());
 }
 
 /// The README's first command: `orchestrator demo` runs jobs in microVMs and

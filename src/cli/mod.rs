@@ -382,7 +382,7 @@ pub enum ImageCommand {
     /// read-only ext4 root disk of the image, cached by image id, and a stage-1
     /// initramfs that boots it; every VM gets its own copy-on-write overlay.
     #[command(
-        after_help = "Examples:\n  orchestrator image bundle --kernel vmlinuz --modules /lib/modules/6.1.0-41-amd64 \\\n      --oci localhost/gh-runner-microvm:ubuntu --out ~/bundles/ubuntu\n  runner -R qemu -i ~/bundles/ubuntu --scratch-size 20G -T \"$PAT\" -p owner/repo"
+        after_help = "Examples:\n  orchestrator image bundle --kernel vmlinuz --modules /lib/modules/6.1.0-41-amd64 \\\n      --oci localhost/gh-runner-microvm:ubuntu --out ~/bundles/ubuntu\n  RUNNER_PAT=... runner -R qemu -i ~/bundles/ubuntu --scratch-size 20G -p owner/repo"
     )]
     Bundle(BundleArgs),
     /// Remove what this project made: working containers (gh-runner-microvm-*),
@@ -394,6 +394,7 @@ pub enum ImageCommand {
 
 /// `orchestrator image bundle`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["oci", "busybox"])))]
 pub struct BundleArgs {
     /// Kernel image (vmlinuz, bzImage).
     #[arg(long, value_name = "VMLINUZ")]
@@ -402,14 +403,10 @@ pub struct BundleArgs {
     #[arg(long, value_name = "LIB_MODULES_DIR")]
     pub modules: PathBuf,
     /// A static busybox (Debian/Ubuntu: busybox-static's /bin/busybox).
-    #[arg(long, value_name = "STATIC_BUSYBOX", required_unless_present = "oci")]
+    #[arg(long, value_name = "STATIC_BUSYBOX")]
     pub busybox: Option<PathBuf>,
     /// The actions runner: actions-runner-linux-<arch>-<version>.tar.gz.
-    #[arg(
-        long,
-        value_name = "ACTIONS_RUNNER_TGZ",
-        required_unless_present = "oci"
-    )]
+    #[arg(long, value_name = "ACTIONS_RUNNER_TGZ", requires = "busybox")]
     pub runner_tarball: Option<PathBuf>,
     /// An OCI image with the runner (local, or pulled with buildah) to boot from a
     /// root disk instead of an initramfs userland. Needs buildah and mkfs.ext4.
