@@ -59,13 +59,7 @@ pub struct DemoArgs {
     pub json: bool,
 }
 
-fn cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("gh-runner-microvm")
-}
+use crate::image::cache_dir;
 
 fn sh(cmd: &mut Command, what: &str) -> Result<String, DemoError> {
     let out = cmd

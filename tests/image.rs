@@ -54,12 +54,15 @@ fn image_names(w: &World) -> Vec<String> {
     .collect()
 }
 
-fn buildah(w: &World) -> Command {
-    let mut c = Command::new("buildah");
-    for (k, v) in w.env.lock().unwrap().iter() {
-        c.env(k, v);
-    }
+/// A host tool with the test's environment additions (its buildah storage, PATH).
+fn tool(w: &World, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new(program);
+    c.envs(w.env.lock().unwrap().iter().cloned());
     c
+}
+
+fn buildah(w: &World) -> Command {
+    tool(w, "buildah")
 }
 
 /// A job that reports, from inside the guest, what the image and disks look like.
@@ -121,12 +124,10 @@ fn an_oci_image_boots_under_qemu_and_runs_a_job_then_prune_removes_it() {
 
     // 1. The base: Debian by debootstrap (cached), imported into the test's storage.
     let base = "localhost/ghrm-test-debian:bookworm";
-    let mut c = Command::new(repo().join("scripts/debian-base.sh"));
-    c.arg(base);
-    for (k, v) in w.env.lock().unwrap().iter() {
-        c.env(k, v);
-    }
-    run(&mut c, "scripts/debian-base.sh");
+    run(
+        tool(&w, repo().join("scripts/debian-base.sh")).arg(base),
+        "scripts/debian-base.sh",
+    );
 
     // 2. The runner image from the project's Containerfile, with the fake runner.
     let ctx = w.dir.path().join("context");
@@ -222,9 +223,9 @@ fn an_oci_image_boots_under_qemu_and_runs_a_job_then_prune_removes_it() {
     let url = w.forge.url();
     let forward = format!("{GUEST_FORGE}=127.0.0.1:{port}");
     let bundle_s = bundle.display().to_string();
-    let mut p = w.spawn(
-        "runner",
-        &[
+    // `runner -R qemu` for one job, the forge reachable only through one forward.
+    let one_job = |extra: &[&str]| {
+        let mut args = vec![
             "-R",
             "qemu",
             "-i",
@@ -239,8 +240,6 @@ fn an_oci_image_boots_under_qemu_and_runs_a_job_then_prune_removes_it() {
             "512",
             "-c",
             "1",
-            "--scratch-size",
-            "256M",
             "-T",
             PAT,
             "-g",
@@ -249,8 +248,11 @@ fn an_oci_image_boots_under_qemu_and_runs_a_job_then_prune_removes_it() {
             REPO,
             "-r",
             "1",
-        ],
-    );
+        ];
+        args.extend_from_slice(extra);
+        w.spawn("runner", &args)
+    };
+    let mut p = one_job(&["--scratch-size", "256M"]);
     let st = p.finish(Duration::from_secs(300));
     let log = p.log();
     assert!(st.success(), "{st}\n{log}");
@@ -312,39 +314,7 @@ fn an_oci_image_boots_under_qemu_and_runs_a_job_then_prune_removes_it() {
         "echo \"pid1=$(tr '\\0' '\\n' < /proc/1/cmdline | head -n1)\"; echo \"os=$(. /etc/os-release; echo $ID)\"",
     );
     let dev = bin("entrypoint").parent().unwrap().display().to_string();
-    let mut p = w.spawn(
-        "runner",
-        &[
-            "-R",
-            "qemu",
-            "-i",
-            &bundle_s,
-            "--accel",
-            "tcg",
-            "--net",
-            "restricted",
-            "--net-forward",
-            &forward,
-            "-m",
-            "512",
-            "-c",
-            "1",
-            "--scratch-size",
-            "0",
-            "-D",
-            "/local",
-            "--dev-dir",
-            &dev,
-            "-T",
-            PAT,
-            "-g",
-            &url,
-            "-p",
-            REPO,
-            "-r",
-            "1",
-        ],
-    );
+    let mut p = one_job(&["--scratch-size", "0", "-D", "/local", "--dev-dir", &dev]);
     let st = p.finish(Duration::from_secs(300));
     let log = p.log();
     assert!(st.success(), "{st}\n{log}");

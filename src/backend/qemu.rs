@@ -141,11 +141,6 @@ impl Qemu {
         self.kvm.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn kernel_initrd(&self, image: &Path) -> Result<(PathBuf, PathBuf), BackendError> {
-        let (kernel, initrd, _) = self.bundle(image)?;
-        Ok((kernel, initrd))
-    }
-
     /// The bundle's kernel, initramfs and (for `--oci` bundles) root disk.
     fn bundle(
         &self,
@@ -180,7 +175,7 @@ impl Qemu {
 
     /// Check the bundle and settle `--accel auto` (probing KVM with a real boot).
     pub async fn prepare(&self, image: &str) -> Result<(), BackendError> {
-        let (kernel, initrd) = self.kernel_initrd(Path::new(image))?;
+        let (kernel, initrd, _) = self.bundle(Path::new(image))?;
         let kvm = match self.cfg.accel {
             Accel::Tcg => false,
             Accel::Kvm => true,
@@ -203,18 +198,13 @@ impl Qemu {
             return false;
         }
         let key = format!("{}|{}", self.binary.display(), kernel.display());
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|c| c.join("gh-runner-microvm/kvm-probe"));
-        if let Some(c) = &cache {
-            if let Ok(text) = std::fs::read_to_string(c) {
-                if let Some(v) = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                {
-                    return v == "kvm";
-                }
+        let cache = crate::image::cache_dir().join("kvm-probe");
+        if let Ok(text) = std::fs::read_to_string(&cache) {
+            if let Some(v) = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            {
+                return v == "kvm";
             }
         }
         let mut cmd = tokio::process::Command::new(&self.binary);
@@ -257,12 +247,10 @@ impl Qemu {
         if !ok {
             tracing::warn!("a KVM guest did not boot on this host (nested or restricted KVM?): using TCG (software emulation, much slower)");
         }
-        if let Some(c) = &cache {
-            let _ = std::fs::create_dir_all(c.parent().unwrap_or(Path::new("/")));
-            let mut text = std::fs::read_to_string(c).unwrap_or_default();
-            text.push_str(&format!("{key}={}\n", if ok { "kvm" } else { "tcg" }));
-            let _ = std::fs::write(c, text);
-        }
+        let _ = std::fs::create_dir_all(crate::image::cache_dir());
+        let mut text = std::fs::read_to_string(&cache).unwrap_or_default();
+        text.push_str(&format!("{key}={}\n", if ok { "kvm" } else { "tcg" }));
+        let _ = std::fs::write(&cache, text);
         ok
     }
 

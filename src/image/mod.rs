@@ -466,16 +466,24 @@ struct Initrd {
 }
 
 impl Initrd {
+    /// Start `out/initrd.img` with what every initramfs needs first: `/dev` with
+    /// the console (the kernel opens it for init's stdio) and `/dev/null`.
     fn create(out: &Path) -> Result<Initrd, ImageError> {
         std::fs::create_dir_all(out).map_err(|e| ImageError::Write(out.into(), e))?;
         let tmp = out.join(format!(".initrd.img.{}.partial", std::process::id()));
         let file = std::fs::File::create(&tmp).map_err(|e| ImageError::Write(tmp.clone(), e))?;
-        Ok(Initrd {
+        let mut initrd = Initrd {
             cpio: Some(Cpio::new(std::io::BufWriter::new(file))),
             tmp,
             path: out.join("initrd.img"),
             done: false,
-        })
+        };
+        let w = |e| ImageError::Write(initrd.path.clone(), e);
+        let c = initrd.cpio.as_mut().expect("just made");
+        c.dir("/dev", 0o755, 0, 0).map_err(w)?;
+        c.chardev("/dev/console", 0o600, 5, 1).map_err(w)?;
+        c.chardev("/dev/null", 0o666, 1, 3).map_err(w)?;
+        Ok(initrd)
     }
 
     /// The archive (until `commit`).
@@ -485,7 +493,9 @@ impl Initrd {
             .expect("the initramfs is written before commit")
     }
 
-    fn commit(mut self) -> Result<(), ImageError> {
+    /// Put the initramfs in place, then the kernel and `bundle.json` beside it, and
+    /// remember the bundle (for `image prune`).
+    fn commit(mut self, kernel: &[u8], info: BundleInfo) -> Result<BundleInfo, ImageError> {
         let w = |e| ImageError::Write(self.path.clone(), e);
         if let Some(cpio) = self.cpio.take() {
             let mut f = cpio.finish().map_err(w)?;
@@ -493,7 +503,12 @@ impl Initrd {
         }
         std::fs::rename(&self.tmp, &self.path).map_err(w)?;
         self.done = true;
-        Ok(())
+        let out = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::write(out.join(&info.kernel), kernel)
+            .map_err(|e| ImageError::Write(out.join(&info.kernel), e))?;
+        info.save(out)?;
+        record_bundle(out);
+        Ok(info)
     }
 }
 
@@ -542,7 +557,6 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
     let w = |e| ImageError::Write(initrd_path.clone(), e);
     for d in [
         "/bin",
-        "/dev",
         "/etc",
         "/etc/gh-runner-microvm",
         "/proc",
@@ -566,8 +580,6 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
     c.dir("/tmp", 0o1777, 0, 0).map_err(w)?;
     c.dir("/home/runner", 0o755, RUNNER_UID, RUNNER_UID)
         .map_err(w)?;
-    c.chardev("/dev/console", 0o600, 5, 1).map_err(w)?;
-    c.chardev("/dev/null", 0o666, 1, 3).map_err(w)?;
     c.file(protocol::IMAGE_ENTRYPOINT, 0o755, 0, 0, &entrypoint)
         .map_err(w)?;
     c.symlink("/init", protocol::IMAGE_ENTRYPOINT, 0, 0)
@@ -675,9 +687,6 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
             "no run.sh at its top level: not an actions runner tarball",
         ));
     }
-    initrd.commit()?;
-    std::fs::write(out.join("vmlinuz"), &kernel)
-        .map_err(|e| ImageError::Write(out.join("vmlinuz"), e))?;
     let info = BundleInfo {
         format: 1,
         kernel_release: release,
@@ -687,9 +696,7 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
         initrd: "initrd.img".into(),
         root: None,
     };
-    info.save(out)?;
-    record_bundle(out);
-    Ok(info)
+    initrd.commit(&kernel, info)
 }
 
 /// Pack the fake actions runner (`listener`, a static binary) as

@@ -273,7 +273,6 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
     let c = initrd.cpio();
     let w = |e| ImageError::Write(initrd_path.clone(), e);
     for d in [
-        "/dev",
         "/etc",
         "/etc/gh-runner-microvm",
         "/proc",
@@ -284,8 +283,6 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
     ] {
         c.dir(d, 0o755, 0, 0).map_err(w)?;
     }
-    c.chardev("/dev/console", 0o600, 5, 1).map_err(w)?;
-    c.chardev("/dev/null", 0o666, 1, 3).map_err(w)?;
     c.file("/init", 0o755, 0, 0, &entrypoint).map_err(w)?;
     let mut env = String::new();
     for kv in meta.oci.config.env.iter().flatten() {
@@ -300,9 +297,6 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
         super::ModulesError::Read(p, e) => bad("--modules", &p, e.to_string()),
         super::ModulesError::Write(e) => w(e),
     })?;
-    initrd.commit()?;
-    std::fs::write(out.join("vmlinuz"), &kernel)
-        .map_err(|e| ImageError::Write(out.join("vmlinuz"), e))?;
     let info = BundleInfo {
         format: 1,
         kernel_release: release,
@@ -317,9 +311,7 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
             init,
         }),
     };
-    info.save(out)?;
-    super::record_bundle(out);
-    Ok(info)
+    initrd.commit(&kernel, info)
 }
 
 /// What `image prune` removed.
