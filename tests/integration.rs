@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod forge_faults;
 mod handshake;
+mod help;
 mod image;
 mod lifecycle;
 mod loop_e2e;
