@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::localforge::{JobStatus, LocalForge};
+use crate::types::paths::{beside_me, cache_dir};
 
 const PAT: &str = "demo-pat-not-a-secret";
 const REPO: &str = "demo/hello";
@@ -29,37 +30,26 @@ pub enum DemoError {
     Io(String, #[source] std::io::Error),
 }
 
-/// `orchestrator demo` options.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DemoArgs {
+/// What `orchestrator demo` is asked to do (from its command line).
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
     /// Jobs to queue.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub jobs: u32,
-    /// QEMU accelerator (auto: KVM when it really boots a guest, else TCG).
-    #[arg(long, default_value = "auto", value_enum)]
+    /// QEMU accelerator.
     pub accel: crate::backend::qemu::Accel,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 512)]
     pub memory: u32,
-    /// Kernel to use instead of fetching Debian's (with --modules).
-    #[arg(long, requires = "modules")]
+    /// Kernel to use instead of fetching Debian's (with `modules`).
     pub kernel: Option<PathBuf>,
-    /// /lib/modules/<version> of --kernel.
-    #[arg(long, requires = "kernel")]
+    /// `/lib/modules/<version>` of `kernel`.
     pub modules: Option<PathBuf>,
     /// Static busybox to use instead of busybox-static's.
-    #[arg(long)]
     pub busybox: Option<PathBuf>,
-    /// Boot this bundle instead of building the busybox one: e.g. a root-disk bundle
-    /// (`image bundle --oci`) of an image with the fake actions runner, to compare.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["kernel", "busybox"])]
+    /// A bundle to boot instead of building the busybox one.
     pub bundle: Option<PathBuf>,
-    /// Also print the table as one JSON line (for scripts/bench.sh).
-    #[arg(long)]
+    /// Also print the table as one JSON line.
     pub json: bool,
 }
-
-use crate::image::cache_dir;
 
 fn sh(cmd: &mut Command, what: &str) -> Result<String, DemoError> {
     let out = cmd
@@ -137,9 +127,9 @@ fn newest_kernel_package() -> Result<String, DemoError> {
 }
 
 /// Build (or reuse) the demo bundle.
-fn demo_bundle(args: &DemoArgs) -> Result<PathBuf, DemoError> {
+fn demo_bundle(args: &DemoConfig) -> Result<PathBuf, DemoError> {
     let me = |n: &str| {
-        crate::orchestrator::beside_me(n).ok_or_else(|| {
+        beside_me(n).ok_or_else(|| {
             DemoError::Missing(format!(
                 "no {n} beside this executable: build with scripts/build.sh"
             ))
@@ -259,7 +249,7 @@ fn log_values(log: &str, key: &str) -> Vec<f64> {
 }
 
 /// Run the demo with `n` loops.
-pub fn run(args: DemoArgs, n: u32) -> Result<(), DemoError> {
+pub fn run(args: DemoConfig, n: u32) -> Result<(), DemoError> {
     let tty = std::io::stderr().is_terminal();
     let bundle = match &args.bundle {
         Some(b) => {

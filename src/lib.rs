@@ -6,7 +6,8 @@
 //! - [`runner`]: one loop: mint a credential, boot a VM, wait, clean up;
 //! - [`backend`]: krunvm and podman+krun behind one interface;
 //! - [`forge`]: the GitHub client (octocrab), on the host only;
-//! - [`localforge`]: the embedded GitHub-compatible forge for the demo and tests.
+//! - [`localforge`]: the embedded GitHub-compatible forge for the demo and tests;
+//! - [`types`]: the plain values every room shares (the bottom floor).
 //!
 //! The guest side and the file protocol between them live in the `guest` crate
 //! (library `protocol`).
@@ -20,3 +21,4 @@ pub mod localforge;
 pub mod logging;
 pub mod orchestrator;
 pub mod runner;
+pub mod types;

@@ -1,7 +1,8 @@
 //! krunvm (pinned argv, as the shell original): every call goes through
 //! `buildah unshare` so that rootless buildah mounts and volume bind mounts work.
 
-use super::{output, BackendError, VmSpec};
+use super::{output, BackendError};
+use crate::types::vm::VmSpec;
 
 fn volume(host: &std::path::Path, guest: &str) -> String {
     format!("{}:{guest}", host.display())
@@ -77,7 +78,7 @@ fn parse_list(out: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::config::Mount;
+    use crate::types::mount::Mount;
 
     fn spec() -> VmSpec {
         VmSpec {

@@ -14,31 +14,8 @@ use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
-use crate::cli::Runtime;
-use crate::runner::config::Mount;
-
-/// What one VM needs.
-#[derive(Debug, Clone)]
-pub struct VmSpec {
-    /// `<PREFIX>-<id>`: VM name and runner name.
-    pub name: String,
-    /// Image reference.
-    pub image: String,
-    /// vCPUs.
-    pub cpus: u32,
-    /// MiB.
-    pub memory: u32,
-    /// DNS server.
-    pub dns: String,
-    /// The loop directory, mounted at `/_environment`.
-    pub env_dir: Option<PathBuf>,
-    /// Other mounts (`-M`, and `-D`'s dev directory).
-    pub mounts: Vec<Mount>,
-    /// Guest path of the entrypoint.
-    pub entrypoint: String,
-    /// Its arguments.
-    pub args: Vec<String>,
-}
+use crate::types::runtime::Runtime;
+use crate::types::vm::VmSpec;
 
 /// Backend failures.
 #[derive(Debug, thiserror::Error)]

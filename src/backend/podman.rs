@@ -1,6 +1,7 @@
 //! podman with the krun runtime: the VM is a container whose runtime boots it.
 
-use super::{output, BackendError, VmSpec};
+use super::{output, BackendError};
+use crate::types::vm::VmSpec;
 
 /// Container memory limit above the guest's RAM, for the VMM's own overhead.
 fn container_memory(guest_mib: u32) -> u32 {
@@ -74,7 +75,7 @@ pub(super) async fn list(prefix: &str) -> Result<Vec<String>, BackendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::config::Mount;
+    use crate::types::mount::Mount;
 
     #[test]
     fn pinned_argv() {

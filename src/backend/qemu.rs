@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::image::BundleInfo;
 
-use super::{BackendError, VmSpec};
+use super::BackendError;
+use crate::types::vm::VmSpec;
 
 /// `--accel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -198,7 +199,7 @@ impl Qemu {
             return false;
         }
         let key = format!("{}|{}", self.binary.display(), kernel.display());
-        let cache = crate::image::cache_dir().join("kvm-probe");
+        let cache = crate::types::paths::cache_dir().join("kvm-probe");
         if let Ok(text) = std::fs::read_to_string(&cache) {
             if let Some(v) = text
                 .lines()
@@ -247,7 +248,7 @@ impl Qemu {
         if !ok {
             tracing::warn!("a KVM guest did not boot on this host (nested or restricted KVM?): using TCG (software emulation, much slower)");
         }
-        let _ = std::fs::create_dir_all(crate::image::cache_dir());
+        let _ = std::fs::create_dir_all(crate::types::paths::cache_dir());
         let mut text = std::fs::read_to_string(&cache).unwrap_or_default();
         text.push_str(&format!("{key}={}\n", if ok { "kvm" } else { "tcg" }));
         let _ = std::fs::write(&cache, text);

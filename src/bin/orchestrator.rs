@@ -21,7 +21,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if let Some(command) = cli.command {
-        return match ghrm::orchestrator::subcommand(command, cli.runners) {
+        let run = ghrm::cli::subcommand(command)
+            .and_then(|c| ghrm::orchestrator::subcommand(c, cli.runners));
+        return match run {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 logging::report("orchestrator", &e);
@@ -29,7 +31,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match ghrm::orchestrator::main(cli, verbose) {
+    match ghrm::cli::orchestrator_config(&cli, verbose).and_then(ghrm::orchestrator::main) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             logging::report("orchestrator", &e);

@@ -3,9 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ghrm::cli::{verbosity, RunnerCli};
+use ghrm::cli::{runner_config, verbosity, RunnerCli};
 use ghrm::logging;
-use ghrm::runner::{config::RunnerConfig, stop_on_signals, Loop, RunnerError};
+use ghrm::runner::{stop_on_signals, Loop, RunnerError};
 
 fn main() -> ExitCode {
     // Hidden helper of QEMU `--net-forward`: one process per guest connection.
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         eprintln!("{who}: error: cannot open the log file given with -l: {e}");
         return ExitCode::from(2);
     }
-    let result = RunnerConfig::from_opts(
+    let result = runner_config(
         &cli.opts,
         &cli.loop_id,
         std::env::var("RUNNER_PREFIX").ok(),

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::types::paths::cache_dir;
 use cpio::Cpio;
 
 /// Modules the guest loads, by name; dependencies are added from `modules.dep`.
@@ -104,16 +105,6 @@ pub struct BundleInfo {
 
 /// The files a bundle directory holds (what `image prune` removes from it).
 pub const BUNDLE_FILES: &[&str] = &["bundle.json", "vmlinuz", "initrd.img"];
-
-/// `$XDG_CACHE_HOME/gh-runner-microvm` (or `~/.cache/…`).
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("gh-runner-microvm")
-}
 
 fn bundle_registry() -> PathBuf {
     cache_dir().join("bundles")

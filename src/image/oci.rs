@@ -83,7 +83,7 @@ pub struct OciInputs {
 
 /// Where converted disks are cached (`$XDG_CACHE_HOME/gh-runner-microvm/disks`).
 pub fn disk_cache() -> PathBuf {
-    crate::image::cache_dir().join("disks")
+    crate::types::paths::cache_dir().join("disks")
 }
 
 fn buildah() -> Result<PathBuf, ImageError> {

@@ -3,20 +3,21 @@
 //! back-off, and on SIGINT/SIGTERM an orderly shutdown that leaves nothing behind.
 
 mod args;
+pub mod image;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use nix::fcntl::{Flock, FlockArg};
 use tokio::process::{Child, Command};
 use tracing::{info, warn};
 
 use crate::backend::{Backend, BackendError};
-use crate::cli::{OrchestratorCli, RunnerCli};
+use crate::runner::budget::Rate;
 use crate::runner::config::RunnerConfig;
+use crate::types::names::{is_root_of, is_vm_of, loop_dir, root_prefix};
 
 /// A loop that ran this long before failing starts its failure count afresh.
 const HEALTHY_RUN: Duration = Duration::from_secs(600);
@@ -28,6 +29,45 @@ const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(300);
 const MAX_LOOP_FAILURES: u32 = 5;
 /// Supervision tick.
 const TICK: Duration = Duration::from_millis(200);
+
+/// The orchestrator's validated configuration (built by `cli::config`).
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// `-n`: loops.
+    pub runners: u32,
+    /// `-p`: prefix of VM and runner names.
+    pub prefix: String,
+    /// Loops get a loop directory (not `-I`).
+    pub isolation: bool,
+    /// `-s`: seconds between loop starts without isolation.
+    pub sleep: u64,
+    /// `-l`: log file, passed on to the loops.
+    pub log: Option<PathBuf>,
+    /// Verbosity, passed on to the loops.
+    pub verbose: u8,
+    /// `--registrations`, passed on to the loops.
+    pub registrations: Option<Rate>,
+    /// `--reconcile`: seconds between registration clean-up passes.
+    pub reconcile: u64,
+    /// The arguments after `--`, as given (secrets still among them).
+    pub runner_args: Vec<String>,
+    /// What the loops will run with (the orchestrator's `-R` applied).
+    pub runner: RunnerConfig,
+}
+
+/// An `orchestrator` subcommand, ready to run.
+#[derive(Debug)]
+pub enum Subcommand {
+    /// `demo`.
+    Demo(crate::demo::DemoConfig),
+    /// `image bundle`.
+    Bundle(image::BundleJob),
+    /// `image prune [--all]`.
+    Prune {
+        /// Also every other image and working container.
+        all: bool,
+    },
+}
 
 /// Orchestrator failures.
 #[derive(Debug, thiserror::Error)]
@@ -58,13 +98,16 @@ pub enum OrchestratorError {
     /// Building an image failed.
     #[error("cannot build the image")]
     Image(#[source] crate::image::ImageError),
+    /// An input of `image bundle` is unusable (exit 2); its causes follow it.
+    #[error(transparent)]
+    ImageInput(crate::image::ImageError),
 }
 
 impl OrchestratorError {
     /// The documented exit status.
     pub fn exit_code(&self) -> u8 {
         match self {
-            OrchestratorError::Usage(_) => 2,
+            OrchestratorError::Usage(_) | OrchestratorError::ImageInput(_) => 2,
             _ => 1,
         }
     }
@@ -95,24 +138,6 @@ struct LoopSlot {
     state: LoopState,
     failures: u32,
     started_once: bool,
-}
-
-/// Name of the environment root for `prefix` (`gh-runner-microvm.<prefix>.root-<random>`).
-fn root_prefix(prefix: &str) -> String {
-    format!("gh-runner-microvm.{prefix}.root-")
-}
-
-/// Is `name` an environment root of exactly `prefix` (not of a longer prefix)?
-fn is_root_of(name: &str, prefix: &str) -> bool {
-    name.strip_prefix(&root_prefix(prefix))
-        .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric()))
-}
-
-/// Is `name` a VM/runner name of exactly `prefix` (`<prefix>-<loop>-<random>`)?
-pub fn is_vm_of(name: &str, prefix: &str) -> bool {
-    name.strip_prefix(prefix)
-        .and_then(|r| r.strip_prefix('-'))
-        .is_some_and(protocol::valid_id)
 }
 
 /// Take the per-prefix lock (held for the life of the returned value).
@@ -270,144 +295,29 @@ impl Launcher {
 }
 
 /// Run a subcommand; `n` is the global `-n`.
-pub fn subcommand(command: crate::cli::Command, n: u32) -> Result<(), OrchestratorError> {
-    use crate::cli::{Command, ImageCommand};
+pub fn subcommand(command: Subcommand, n: u32) -> Result<(), OrchestratorError> {
     match command {
-        Command::Demo(args) => crate::demo::run(args, n).map_err(OrchestratorError::Demo),
-        Command::Image(ImageCommand::Bundle(a)) => {
-            let entrypoint = match a.entrypoint {
-                Some(e) => e,
-                None => beside_me("entrypoint")
-                    .ok_or_else(|| OrchestratorError::Usage("no entrypoint beside this executable: build it with scripts/build.sh or give --entrypoint".into()))?,
-            };
-            let usage = |e: crate::image::ImageError| match e {
-                crate::image::ImageError::Write(..) => OrchestratorError::Image(e),
-                other => OrchestratorError::Usage(other.to_string()),
-            };
-            let info = match (a.oci, a.busybox, a.runner_tarball) {
-                (Some(image), ..) => {
-                    eprintln!("orchestrator: converting {image} (cached by image id; the first time takes a while)");
-                    crate::image::oci::bundle_oci(&crate::image::oci::OciInputs {
-                        image,
-                        kernel: a.kernel,
-                        modules: a.modules,
-                        entrypoint,
-                        out: a.out.clone(),
-                        cache: crate::image::oci::disk_cache(),
-                    })
-                    .map_err(usage)?
-                }
-                (None, Some(busybox), Some(runner_tarball)) => {
-                    crate::image::bundle(&crate::image::BundleInputs {
-                        kernel: a.kernel,
-                        modules: a.modules,
-                        busybox,
-                        runner_tarball,
-                        entrypoint,
-                        out: a.out.clone(),
-                    })
-                    .map_err(usage)?
-                }
-                _ => {
-                    return Err(OrchestratorError::Usage(
-                        "give --oci IMAGE, or --busybox and --runner-tarball".into(),
-                    ))
-                }
-            };
-            match &info.root {
-                Some(r) => println!(
-                    "bundle {}: kernel {}, {} modules, root disk {} of {} (image {}); boot it with: runner -R qemu -i {}",
-                    a.out.display(),
-                    info.kernel_release,
-                    info.modules.len(),
-                    r.disk.display(),
-                    r.image,
-                    &r.image_id[..12],
-                    a.out.display()
-                ),
-                None => println!(
-                    "bundle {}: kernel {}, actions runner {}, {} modules; boot it with: runner -R qemu -i {}",
-                    a.out.display(),
-                    info.kernel_release,
-                    info.runner_version,
-                    info.modules.len(),
-                    a.out.display()
-                ),
-            }
-            Ok(())
-        }
-        Command::Image(ImageCommand::Prune(a)) => {
-            let p = crate::image::oci::prune(a.all).map_err(OrchestratorError::Image)?;
-            for c in &p.containers {
-                println!("removed working container {c}");
-            }
-            for (name, size) in &p.images {
-                println!("removed image {name} ({size})");
-            }
-            for path in &p.paths {
-                println!("removed {}", path.display());
-            }
-            println!(
-                "freed {:.1} MiB of disks and bundles; {} images, {} working containers removed",
-                p.bytes as f64 / 1048576.0,
-                p.images.len(),
-                p.containers.len()
-            );
-            Ok(())
-        }
+        Subcommand::Demo(cfg) => crate::demo::run(cfg, n).map_err(OrchestratorError::Demo),
+        Subcommand::Bundle(job) => image::bundle(job),
+        Subcommand::Prune { all } => image::prune(all),
     }
 }
 
-/// `name` beside the running executable, if it is there.
-pub fn beside_me(name: &str) -> Option<PathBuf> {
-    std::env::current_exe()
-        .ok()
-        .map(|e| e.with_file_name(name))
-        .filter(|p| p.is_file())
-}
-
 /// Run the orchestrator.
-pub fn main(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError> {
+pub fn main(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io("start the async runtime"))?;
-    rt.block_on(run(cli, verbose))
+    rt.block_on(run(cfg))
 }
 
-async fn run(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError> {
-    let prefix = cli.prefix.clone();
-    if !protocol::valid_prefix(&prefix) {
-        return Err(OrchestratorError::Usage(format!(
-            "-p/--prefix {prefix:?} must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 64 characters)"
-        )));
-    }
-    if cli.runner_args.iter().any(|a| a == "--") {
-        return Err(OrchestratorError::Usage(
-            "the runner arguments after -- may not contain another --: the orchestrator appends -- <loop> itself".into(),
-        ));
-    }
-    let isolation =
-        !cli.no_isolation && std::env::var("ORCHESTRATOR_ISOLATION").map_or(true, |v| v != "0");
-    // Validate the runner arguments now, with the runner's own parser: a typo should
-    // fail here with exit 2, not N times in N children.
-    if let Some(r) = cli.runtime.0 {
-        // SAFETY: single-threaded here (current-thread runtime, no task spawned yet).
-        unsafe { std::env::set_var("RUNNER_RUNTIME", r.name()) };
-    }
-    let parsed = RunnerCli::try_parse_from(
-        std::iter::once("runner".to_string()).chain(cli.runner_args.iter().cloned()),
-    )
-    .map_err(|e| {
-        OrchestratorError::Usage(format!(
-            "in the runner arguments after --: {}",
-            e.render().to_string().trim()
-        ))
-    })?;
-    let rcfg = RunnerConfig::from_opts(&parsed.opts, &[], Some(prefix.clone()), None)
-        .map_err(|e| OrchestratorError::Usage(format!("in the runner arguments after --: {e}")))?;
+async fn run(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
+    let prefix = cfg.prefix.clone();
+    let isolation = cfg.isolation;
+    let rcfg = &cfg.runner;
     let backend = Backend::detect(rcfg.runtime, &rcfg.qemu)?;
-    let (args, pat, secret) = args::extract_secrets(&cli.runner_args);
+    let (args, pat, secret) = args::extract_secrets(&cfg.runner_args);
 
     let tmp = std::env::temp_dir();
     let _lock = lock(&tmp, &prefix)?;
@@ -445,19 +355,8 @@ async fn run(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError>
         }
         false => None,
     };
-    let launcher = Launcher::new(
-        &cli, verbose, &prefix, isolation, &backend, args, pat, secret,
-    )?;
-    let result = supervise(
-        &cli,
-        &prefix,
-        root.as_deref(),
-        &rcfg,
-        &backend,
-        launcher,
-        reconciler,
-    )
-    .await;
+    let launcher = Launcher::new(&cfg, &backend, args, pat, secret)?;
+    let result = supervise(&cfg, root.as_deref(), &backend, launcher, reconciler).await;
     // Whatever happened: no VM of ours and no environment directory may remain.
     if let Ok(vms) = backend.list(&prefix).await {
         for vm in vms.into_iter().filter(|v| is_vm_of(v, &prefix)) {
@@ -476,12 +375,8 @@ async fn run(cli: OrchestratorCli, verbose: u8) -> Result<(), OrchestratorError>
 impl Launcher {
     /// The `runner` beside us (or on PATH), its arguments, and its environment
     /// (design.md §3: the orchestrator's variables, and the secrets moved out of argv).
-    #[allow(clippy::too_many_arguments)]
     fn new(
-        cli: &OrchestratorCli,
-        verbose: u8,
-        prefix: &str,
-        isolation: bool,
+        cfg: &OrchestratorConfig,
         backend: &Backend,
         args: Vec<String>,
         pat: Option<String>,
@@ -498,20 +393,20 @@ impl Launcher {
                 )
             })?;
         let mut env = vec![
-            ("RUNNER_PREFIX".to_string(), prefix.to_string()),
+            ("RUNNER_PREFIX".to_string(), cfg.prefix.clone()),
             (
                 "RUNNER_RUNTIME".to_string(),
                 backend.runtime().name().to_string(),
             ),
-            ("RUNNER_VERBOSE".to_string(), verbose.to_string()),
+            ("RUNNER_VERBOSE".to_string(), cfg.verbose.to_string()),
         ];
-        if let Some(l) = &cli.log {
+        if let Some(l) = &cfg.log {
             env.push(("RUNNER_LOG".into(), l.display().to_string()));
         }
-        if !isolation {
+        if !cfg.isolation {
             env.push(("RUNNER_ISOLATION".into(), "0".into()));
         }
-        if let Some(r) = cli.registrations {
+        if let Some(r) = cfg.registrations {
             env.push(("RUNNER_REGISTRATIONS".into(), r.to_string()));
         }
         if let Some(p) = pat {
@@ -525,24 +420,23 @@ impl Launcher {
 }
 
 async fn supervise(
-    cli: &OrchestratorCli,
-    prefix: &str,
+    cfg: &OrchestratorConfig,
     root: Option<&Path>,
-    rcfg: &RunnerConfig,
     backend: &Backend,
     launcher: Launcher,
     mut reconciler: Option<Reconciler>,
 ) -> Result<(), OrchestratorError> {
+    let (prefix, rcfg) = (cfg.prefix.as_str(), &cfg.runner);
     // The environment root exists exactly when loops are isolated.
     let isolation = root.is_some();
-    let every = Duration::from_secs(cli.reconcile);
+    let every = Duration::from_secs(cfg.reconcile);
     let mut next_reconcile = Instant::now() + every;
 
     let mut slots = Vec::new();
-    for i in 1..=cli.runners {
+    for i in 1..=cfg.runners {
         let dir = match root {
             Some(r) => {
-                let d = r.join(format!("{prefix}-{i:03}"));
+                let d = r.join(loop_dir(prefix, i));
                 protocol::safefs::create_private_dir(&d)
                     .map_err(io(format!("create {}", d.display())))?;
                 Some(d)
@@ -560,7 +454,7 @@ async fn supervise(
         });
     }
     info!(
-        loops = cli.runners,
+        loops = cfg.runners,
         runtime = backend.runtime().name(),
         "starting"
     );
@@ -570,7 +464,7 @@ async fn supervise(
     let stagger = if isolation {
         Duration::from_secs(rcfg.boot_timeout)
     } else {
-        Duration::from_secs(cli.sleep)
+        Duration::from_secs(cfg.sleep)
     };
     let mut next_start: usize = 0;
     let mut gate: Option<(usize, Instant)> = None;
@@ -776,20 +670,6 @@ async fn shutdown(slots: &mut [LoopSlot], rcfg: &RunnerConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn root_and_vm_names_match_only_their_prefix() {
-        assert!(is_root_of(
-            "gh-runner-microvm.GH-runner.root-abc123",
-            "GH-runner"
-        ));
-        assert!(!is_root_of("gh-runner-microvm.GH-runner.root-abc123", "GH"));
-        assert!(!is_root_of("gh-runner-microvm.a.root-x.root-abc", "a"));
-        assert!(is_vm_of("GH-runner-1-abcdefg", "GH-runner"));
-        assert!(!is_vm_of("GH-runner-1-abcdefg", "GH"));
-        assert!(!is_vm_of("GH-runnerX-1-abc", "GH-runner"));
-        assert!(!is_vm_of("other-1-abc", "GH-runner"));
-    }
 
     #[test]
     fn lock_is_exclusive() {

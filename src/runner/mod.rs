@@ -13,8 +13,12 @@ use protocol::{file_in, safefs, secret, Kind, MAX_SIGNAL_FILE};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::backend::{Backend, BackendError, VmSpec};
+use crate::backend::{Backend, BackendError};
 use crate::forge::{Deletion, Forge, ForgeError};
+use crate::types::invalid::ConfigError;
+use crate::types::mount::Mount;
+use crate::types::names::{iteration_id, vm_name};
+use crate::types::vm::VmSpec;
 use config::RunnerConfig;
 
 /// Names tried for one JIT config when GitHub answers 409 or uncertainly.
@@ -33,7 +37,7 @@ const BUSY_STOP_MARGIN: Duration = Duration::from_secs(20);
 pub enum RunnerError {
     /// Invalid configuration (exit 2).
     #[error(transparent)]
-    Config(#[from] config::ConfigError),
+    Config(#[from] ConfigError),
     /// The backend is missing or broken.
     #[error("microVM backend failure")]
     Backend(#[from] BackendError),
@@ -120,12 +124,6 @@ pub struct Loop {
     budget: budget::Budget,
 }
 
-fn random_id(loop_id: u32) -> Result<String, RunnerError> {
-    let r = secret::random_alnum(8)
-        .map_err(|e| RunnerError::Io("read the system's random source".into(), e.into()))?;
-    Ok(format!("{loop_id}-{r}"))
-}
-
 impl Loop {
     /// Check the backend, reach GitHub (resolving the runner group), prepare the loop directory.
     pub async fn new(
@@ -143,7 +141,7 @@ impl Loop {
                     RunnerError::Io(format!("use RUNNER_ENVIRONMENT {}", d.display()), e)
                 })?;
                 if !meta.is_dir() {
-                    return Err(config::ConfigError(format!(
+                    return Err(ConfigError(format!(
                         "RUNNER_ENVIRONMENT {} is not a directory",
                         d.display()
                     ))
@@ -270,8 +268,9 @@ impl Loop {
             if self.stopping() {
                 return Err(RunnerError::Stopped);
             }
-            let id = random_id(self.cfg.loop_id)?;
-            let name = format!("{}-{id}", self.cfg.prefix);
+            let id = iteration_id(self.cfg.loop_id)
+                .map_err(|e| RunnerError::Io("read the system's random source".into(), e))?;
+            let name = vm_name(&self.cfg.prefix, &id);
             if !self.cfg.jit {
                 let token = self.forge.registration_token().await?;
                 let reg = Registration::Token {
@@ -319,7 +318,7 @@ impl Loop {
 
     async fn iteration(&mut self) -> Result<Iteration, RunnerError> {
         let (id, registration, runner_id) = self.mint().await?;
-        let name = format!("{}-{id}", self.cfg.prefix);
+        let name = vm_name(&self.cfg.prefix, &id);
         let secret = match &self.cfg.secret {
             Some(s) => s.clone(),
             None => secret::generate()
@@ -335,9 +334,7 @@ impl Loop {
             verbose: self.cfg.verbose,
             dns: self.cfg.dns.clone(),
         };
-        let dotenv = guest
-            .to_dotenv()
-            .map_err(|e| config::ConfigError(e.to_string()))?;
+        let dotenv = guest.to_dotenv().map_err(|e| ConfigError(e.to_string()))?;
         drop(guest);
         let args = match &self.dir {
             Some(dir) => {
@@ -363,7 +360,7 @@ impl Loop {
         let mut mounts = self.cfg.mounts.clone();
         let entrypoint = match &self.cfg.dev {
             Some((host, guest)) => {
-                mounts.push(config::Mount {
+                mounts.push(Mount {
                     host: host.clone(),
                     guest: guest.clone(),
                     options: Some("ro".into()),

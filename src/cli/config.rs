@@ -1,0 +1,387 @@
+//! The top of the configuration flow: parsed command lines become the validated
+//! configuration and requests the roles take (`RunnerConfig`, the orchestrator's
+//! `OrchestratorConfig` and `Subcommand`). Checks and look-ups only: nothing here
+//! starts a process, a VM or a request to GitHub. Every error names the option.
+
+use std::path::{Path, PathBuf};
+
+use clap::{CommandFactory, FromArgMatches};
+
+use super::{Command, DemoArgs, ImageCommand, OrchestratorCli, RunnerCli, RunnerOpts};
+use crate::backend::qemu;
+use crate::demo::DemoConfig;
+use crate::forge::{Auth, Endpoints, ScopeKind};
+use crate::image::oci::OciInputs;
+use crate::image::BundleInputs;
+use crate::orchestrator::image::BundleJob;
+use crate::orchestrator::{OrchestratorConfig, OrchestratorError, Subcommand};
+use crate::runner::config::RunnerConfig;
+use crate::types::invalid::ConfigError;
+use crate::types::mount::Mount;
+use crate::types::paths::beside_me;
+use crate::types::runtime::Runtime;
+
+/// `runner`'s options → one loop's configuration. `loop_id` comes after `--`;
+/// `prefix` and `environment` from the orchestrator's variables.
+pub fn runner_config(
+    o: &RunnerOpts,
+    loop_id: &[String],
+    prefix: Option<String>,
+    environment: Option<String>,
+) -> Result<RunnerConfig, ConfigError> {
+    let err = |s: String| Err(ConfigError(s));
+    let loop_id = match loop_id {
+        [] => 1,
+        [one] => match one.parse::<u32>() {
+            Ok(n) if n >= 1 => n,
+            _ => return err(format!("LOOP_ID {one:?} after -- must be a number ≥ 1")),
+        },
+        more => {
+            return err(format!(
+                "only one LOOP_ID may follow --, got {}",
+                more.join(" ")
+            ))
+        }
+    };
+    let prefix = prefix
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "GH-runner".into());
+    if !protocol::valid_prefix(&prefix) {
+        return err(format!("RUNNER_PREFIX {prefix:?} must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 64 characters)"));
+    }
+    let endpoints = Endpoints::from_github(&o.github).map_err(ConfigError)?;
+    let Some(principal) = o.principal.clone().filter(|p| !p.is_empty()) else {
+        return err("-p/--principal is required: owner/repo for -s repo, the organisation for -s org, the enterprise for -s enterprise (or set RUNNER_PRINCIPAL)".into());
+    };
+    let ok_segment = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    match o.scope {
+        ScopeKind::Repo => match principal.split_once('/') {
+            Some((a, b)) if ok_segment(a) && ok_segment(b) => {}
+            _ => {
+                return err(format!(
+                    "-p/--principal {principal:?}: with -s repo it must be owner/repo"
+                ))
+            }
+        },
+        _ if !ok_segment(&principal) => {
+            return err(format!(
+                "-p/--principal {principal:?}: with -s org or -s enterprise it is a single name"
+            ))
+        }
+        _ => {}
+    }
+    let auth = match (&o.app_id, &o.app_key, o.pat.clone().filter(|p| !p.is_empty())) {
+        (Some(id), Some(key), _) => {
+            use std::os::unix::fs::PermissionsExt;
+            let meta = std::fs::metadata(key).map_err(|e| ConfigError(format!("--app-key {}: {e}", key.display())))?;
+            let pem = std::fs::read(key).map_err(|e| ConfigError(format!("--app-key {}: {e}", key.display())))?;
+            if !pem.windows(10).any(|w| w == b"PRIVATE KE") {
+                return err(format!("--app-key {}: not a PEM private key (download one from the App's settings)", key.display()));
+            }
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(
+                    "--app-key {} is readable by other users (mode {:o}): chmod 600 it",
+                    key.display(),
+                    meta.permissions().mode() & 0o777
+                );
+            }
+            if o.scope == ScopeKind::Enterprise {
+                return err("-s enterprise: GitHub Apps cannot manage enterprise runners; use a PAT with manage_runners:enterprise".into());
+            }
+            Auth::App { app_id: *id, key_pem: pem, installation: o.installation_id }
+        }
+        (_, _, Some(pat)) => Auth::Pat(pat),
+        _ => {
+            return err("no GitHub credential: set RUNNER_PAT (or -T) to a PAT that may manage self-hosted runners \
+                        (classic: repo for -s repo, admin:org for -s org, manage_runners:enterprise for -s enterprise), \
+                        or give a GitHub App with --app-id and --app-key".into())
+        }
+    };
+    if o.scope == ScopeKind::Repo && !o.group.eq_ignore_ascii_case("default") {
+        return err(format!(
+            "-G/--group {:?}: repositories have no runner groups; use -G Default or -s org",
+            o.group
+        ));
+    }
+    let runtime_name = o.runtime.0.map(Runtime::name).unwrap_or("microvm");
+    let mut labels: Vec<String> = o
+        .labels
+        .split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if labels.is_empty() {
+        labels = vec!["microvm".into()];
+        if runtime_name != "microvm" {
+            labels.push(runtime_name.into());
+        }
+    }
+    if labels.len() > 100 {
+        return err("-L/--labels: GitHub accepts at most 100 labels".into());
+    }
+    if o.user.is_empty() || o.user.contains(['\'', '\n', ':']) {
+        return err(format!("-u/--user {:?} is not a user name", o.user));
+    }
+    for (flag, v) in [
+        ("-G/--group", &o.group),
+        ("-L/--labels", &o.labels),
+        ("-d/--dns", &o.dns),
+    ] {
+        if v.contains(['\'', '\n', '\r', '\0']) {
+            return err(format!("{flag}: quotes and newlines are not allowed"));
+        }
+    }
+    if let Some(s) = &o.secret {
+        if s.len() < 16 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return err("-S/--secret must be at least 16 letters or digits".into());
+        }
+    }
+    let repeat = match o.repeat {
+        -1 => None,
+        n if n >= 1 => Some(n as u64),
+        n => return err(format!("-r/--repeat {n}: use -1 (forever) or a number ≥ 1")),
+    };
+    let mounts = o
+        .mounts
+        .iter()
+        .filter(|m| !m.trim().is_empty())
+        .map(|m| Mount::parse(m.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dev = match &o.dev_guest_dir {
+        None => None,
+        Some(g) if !g.starts_with('/') || g == "/" => {
+            return err(format!(
+                "-D/--dir {g:?} must be an absolute guest directory"
+            ))
+        }
+        Some(g) => {
+            let host = match &o.dev_host_dir {
+                Some(h) => h.clone(),
+                None => std::env::current_exe()
+                    .ok()
+                    .and_then(|e| e.parent().map(Path::to_path_buf))
+                    .ok_or_else(|| {
+                        ConfigError(
+                            "-D: cannot find this executable's directory; give --dev-dir".into(),
+                        )
+                    })?,
+            };
+            if !host.join("entrypoint").is_file() {
+                return err(format!(
+                    "-D/--dir: {} has no entrypoint; build it (see README) or point --dev-dir at it",
+                    host.display()
+                ));
+            }
+            Some((host, g.trim_end_matches('/').to_string()))
+        }
+    };
+    let forwards = o
+        .net_forward
+        .iter()
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| qemu::Forward::parse(f.trim()).map_err(ConfigError))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(k) = &o.kernel {
+        if !k.is_file() {
+            return err(format!("--kernel {}: no such file", k.display()));
+        }
+    }
+    let qemu = qemu::QemuConfig {
+        accel: o.accel,
+        net: o.net,
+        forwards,
+        kernel: o.kernel.clone(),
+        scratch: o.scratch_size,
+    };
+    Ok(RunnerConfig {
+        registrations: o.registrations,
+        max_failures: o.max_failures,
+        qemu,
+        prefix,
+        loop_id,
+        environment: environment.filter(|e| !e.is_empty()).map(PathBuf::from),
+        runtime: o.runtime.0,
+        endpoints,
+        scope: o.scope,
+        principal,
+        auth,
+        group: o.group.clone(),
+        labels,
+        jit: !o.no_jit,
+        image: o.image.clone(),
+        cpus: o.cpus,
+        memory: o.memory,
+        dns: o.dns.clone(),
+        mounts,
+        dev,
+        user: o.user.clone(),
+        update: o.update,
+        terminate: (o.terminate > 0).then(|| std::time::Duration::from_secs(o.terminate)),
+        repeat,
+        secret: o.secret.clone(),
+        grace: o.grace,
+        boot_timeout: o.boot_timeout,
+        verbose: o.verbose,
+    })
+}
+
+/// `orchestrator`'s options → its configuration, the runner arguments after `--`
+/// validated with the runner's own parser (a typo fails here with exit 2, not N
+/// times in N children).
+pub fn orchestrator_config(
+    cli: &OrchestratorCli,
+    verbose: u8,
+) -> Result<OrchestratorConfig, OrchestratorError> {
+    let prefix = cli.prefix.clone();
+    if !protocol::valid_prefix(&prefix) {
+        return Err(OrchestratorError::Usage(format!(
+            "-p/--prefix {prefix:?} must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 64 characters)"
+        )));
+    }
+    if cli.runner_args.iter().any(|a| a == "--") {
+        return Err(OrchestratorError::Usage(
+            "the runner arguments after -- may not contain another --: the orchestrator appends -- <loop> itself".into(),
+        ));
+    }
+    let isolation =
+        !cli.no_isolation && std::env::var("ORCHESTRATOR_ISOLATION").map_or(true, |v| v != "0");
+    let usage = |e: clap::Error| {
+        OrchestratorError::Usage(format!(
+            "in the runner arguments after --: {}",
+            e.render().to_string().trim()
+        ))
+    };
+    let mut matches = RunnerCli::command()
+        .try_get_matches_from(
+            std::iter::once("runner".to_string()).chain(cli.runner_args.iter().cloned()),
+        )
+        .map_err(usage)?;
+    let mut parsed = RunnerCli::from_arg_matches_mut(&mut matches).map_err(usage)?;
+    // The orchestrator's -R stands in for RUNNER_RUNTIME: a -R among the runner
+    // arguments still wins, the environment does not.
+    if cli.runtime.0.is_some()
+        && matches.value_source("runtime") != Some(clap::parser::ValueSource::CommandLine)
+    {
+        parsed.opts.runtime = cli.runtime;
+    }
+    let runner = runner_config(&parsed.opts, &[], Some(prefix.clone()), None)
+        .map_err(|e| OrchestratorError::Usage(format!("in the runner arguments after --: {e}")))?;
+    Ok(OrchestratorConfig {
+        runners: cli.runners,
+        prefix,
+        isolation,
+        sleep: cli.sleep,
+        log: cli.log.clone(),
+        verbose,
+        registrations: cli.registrations,
+        reconcile: cli.reconcile,
+        runner_args: cli.runner_args.clone(),
+        runner,
+    })
+}
+
+/// An `orchestrator` subcommand → the request its role carries out.
+pub fn subcommand(command: Command) -> Result<Subcommand, OrchestratorError> {
+    match command {
+        Command::Demo(a) => Ok(Subcommand::Demo(demo_config(a))),
+        Command::Image(ImageCommand::Prune(a)) => Ok(Subcommand::Prune { all: a.all }),
+        Command::Image(ImageCommand::Bundle(a)) => {
+            let entrypoint = match a.entrypoint {
+                Some(e) => e,
+                None => beside_me("entrypoint")
+                    .ok_or_else(|| OrchestratorError::Usage("no entrypoint beside this executable: build it with scripts/build.sh or give --entrypoint".into()))?,
+            };
+            let job = match (a.oci, a.busybox, a.runner_tarball) {
+                (Some(image), ..) => BundleJob::Oci(OciInputs {
+                    image,
+                    kernel: a.kernel,
+                    modules: a.modules,
+                    entrypoint,
+                    out: a.out,
+                    cache: crate::image::oci::disk_cache(),
+                }),
+                (None, Some(busybox), Some(runner_tarball)) => BundleJob::Parts(BundleInputs {
+                    kernel: a.kernel,
+                    modules: a.modules,
+                    busybox,
+                    runner_tarball,
+                    entrypoint,
+                    out: a.out,
+                }),
+                _ => {
+                    return Err(OrchestratorError::Usage(
+                        "give --oci IMAGE, or --busybox and --runner-tarball".into(),
+                    ))
+                }
+            };
+            Ok(Subcommand::Bundle(job))
+        }
+    }
+}
+
+fn demo_config(a: DemoArgs) -> DemoConfig {
+    DemoConfig {
+        jobs: a.jobs,
+        accel: a.accel,
+        memory: a.memory,
+        kernel: a.kernel,
+        modules: a.modules,
+        busybox: a.busybox,
+        bundle: a.bundle,
+        json: a.json,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<RunnerConfig, ConfigError> {
+        let mut v = vec!["runner"];
+        v.extend_from_slice(args);
+        let cli = crate::cli::RunnerCli::try_parse_from(v).unwrap();
+        runner_config(&cli.opts, &cli.loop_id, None, None)
+    }
+
+    #[test]
+    fn validates() {
+        let c = parse(&["-T", "x", "-p", "o/r", "-R", "krunvm", "--", "3"]).unwrap();
+        assert_eq!(c.loop_id, 3);
+        assert_eq!(c.labels, ["microvm", "krunvm"]);
+        assert!(parse(&["-T", "x", "-p", "o"])
+            .unwrap_err()
+            .0
+            .contains("owner/repo"));
+        assert!(parse(&["-T", "x"])
+            .unwrap_err()
+            .0
+            .contains("-p/--principal"));
+        assert!(parse(&["-p", "o/r", "-T", ""])
+            .unwrap_err()
+            .0
+            .contains("RUNNER_PAT"));
+        assert!(parse(&["-T", "x", "-p", "o/r", "-G", "big"])
+            .unwrap_err()
+            .0
+            .contains("-G"));
+        assert!(parse(&["-T", "x", "-p", "o/r", "-r", "0"])
+            .unwrap_err()
+            .0
+            .contains("-r"));
+        assert!(parse(&["-T", "x", "-p", "o/r", "-M", "/tmp"])
+            .unwrap_err()
+            .0
+            .contains("-M"));
+        assert!(parse(&["-T", "x", "-p", "o/r", "-M", "rel:/x"])
+            .unwrap_err()
+            .0
+            .contains("absolute"));
+        assert!(parse(&["-T", "x", "-p", "o", "-s", "org", "-G", "big"]).is_ok());
+    }
+}
