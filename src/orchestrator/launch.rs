@@ -1,0 +1,96 @@
+//! Starting one `runner` loop as a child: its executable, argv and environment
+//! (design.md §3: the orchestrator's variables, secrets moved out of argv).
+//! It starts processes; it does not decide when (`supervise` does).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
+
+use super::supervise::LoopSlot;
+use super::{OrchestratorConfig, OrchestratorError};
+use crate::backend::Backend;
+
+/// Everything the orchestrator needs to start a loop.
+pub(super) struct Launcher {
+    pub(super) runner: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Launcher {
+    pub(super) fn spawn(&self, slot: &LoopSlot) -> std::io::Result<Child> {
+        let mut cmd = Command::new(&self.runner);
+        cmd.args(&self.args).arg("--").arg(slot.index.to_string());
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        cmd.env(
+            "RUNNER_ENVIRONMENT",
+            slot.dir
+                .as_deref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
+        );
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
+        // SAFETY: setpgid/prctl are async-signal-safe. Own process group: a terminal's
+        // ^C reaches only us, and we stop the loops in order. PDEATHSIG SIGTERM: if we
+        // are killed, each loop still drains and cleans up after itself.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setpgid(0, 0) != 0
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    }
+}
+
+impl Launcher {
+    /// The `runner` beside us (or on PATH), its arguments, and its environment
+    /// (design.md §3: the orchestrator's variables, and the secrets moved out of argv).
+    pub(super) fn new(
+        cfg: &OrchestratorConfig,
+        backend: &Backend,
+        args: Vec<String>,
+        pat: Option<String>,
+        secret: Option<String>,
+    ) -> Result<Launcher, OrchestratorError> {
+        let runner = std::env::current_exe()
+            .ok()
+            .map(|e| e.with_file_name("runner"))
+            .filter(|p| p.is_file())
+            .or_else(|| which::which("runner").ok())
+            .ok_or_else(|| {
+                OrchestratorError::Usage(
+                    "cannot find the runner executable beside the orchestrator or on PATH".into(),
+                )
+            })?;
+        let mut env = vec![
+            ("RUNNER_PREFIX".to_string(), cfg.prefix.clone()),
+            (
+                "RUNNER_RUNTIME".to_string(),
+                backend.runtime().name().to_string(),
+            ),
+            ("RUNNER_VERBOSE".to_string(), cfg.verbose.to_string()),
+        ];
+        if let Some(l) = &cfg.log {
+            env.push(("RUNNER_LOG".into(), l.display().to_string()));
+        }
+        if !cfg.isolation {
+            env.push(("RUNNER_ISOLATION".into(), "0".into()));
+        }
+        if let Some(r) = cfg.registrations {
+            env.push(("RUNNER_REGISTRATIONS".into(), r.to_string()));
+        }
+        if let Some(p) = pat {
+            env.push(("RUNNER_PAT".into(), p));
+        }
+        if let Some(s) = secret {
+            env.push(("RUNNER_SECRET".into(), s));
+        }
+        Ok(Launcher { runner, args, env })
+    }
+}

@@ -1,0 +1,52 @@
+//! Host-scoped clean-up of GitHub registrations: stale runners of exactly this
+//! prefix, judged against the VMs that exist. It never deletes a booting runner.
+
+use tracing::{info, warn};
+
+use crate::types::names::is_vm_of;
+
+/// Host-scoped clean-up of GitHub registrations: only names of exactly this prefix
+/// (`<prefix>-<loop>-<random>`), never another host's or tool's runners.
+pub(super) struct Reconciler {
+    pub(super) forge: crate::forge::Forge,
+    pub(super) prefix: String,
+    /// Offline runners seen without a live VM on the previous pass.
+    pub(super) marked: std::collections::HashSet<u64>,
+}
+
+impl Reconciler {
+    /// One pass. `live` are the VM names that exist now; with `at_start`, nothing of
+    /// ours can be running, so stale registrations go at once; otherwise an offline
+    /// runner with no VM is marked, and deleted only if still so on the next pass
+    /// (a runner that is just booting is never deleted).
+    pub(super) async fn pass(&mut self, live: &[String], at_start: bool) {
+        let runners = match self.forge.list_runners().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("cannot list runners to clean up stale registrations: {e}");
+                return;
+            }
+        };
+        let mut marked = std::collections::HashSet::new();
+        for r in runners
+            .into_iter()
+            .filter(|r| is_vm_of(&r.name, &self.prefix))
+        {
+            if r.busy || r.status != "offline" || live.contains(&r.name) {
+                continue;
+            }
+            if at_start || self.marked.contains(&r.id) {
+                match self.forge.delete_runner(r.id).await {
+                    Ok(crate::forge::Deletion::Deleted) => {
+                        info!("deleted stale runner registration {}", r.name)
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("cannot delete stale runner {}: {e}", r.name),
+                }
+            } else {
+                marked.insert(r.id);
+            }
+        }
+        self.marked = marked;
+    }
+}
