@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::hosttool;
 use crate::localforge::{JobStatus, LocalForge};
 use crate::types::paths::{beside_me, cache_dir};
 
@@ -52,10 +53,8 @@ pub struct DemoConfig {
 }
 
 fn sh(cmd: &mut Command, what: &str) -> Result<String, DemoError> {
-    let out = cmd
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| DemoError::Missing(format!("cannot {what}: {e}")))?;
+    let out =
+        hosttool::output(cmd).map_err(|e| DemoError::Missing(format!("cannot {what}: {e}")))?;
     if !out.status.success() {
         return Err(DemoError::Missing(format!(
             "cannot {what}: {}",
@@ -77,7 +76,7 @@ fn apt_unpack(pkg: &str, into: &Path) -> Result<PathBuf, DemoError> {
         .map_err(|e| DemoError::Io(format!("create {}", dir.display()), e))?;
     eprintln!("demo: fetching {pkg} with apt-get download …");
     sh(
-        Command::new("apt-get")
+        hosttool::command("apt-get")
             .args(["download", "-q", pkg])
             .current_dir(&dir),
         &format!("download {pkg} ({hint})"),
@@ -91,7 +90,7 @@ fn apt_unpack(pkg: &str, into: &Path) -> Result<PathBuf, DemoError> {
             DemoError::Missing(format!("apt-get download {pkg} produced no .deb ({hint})"))
         })?;
     sh(
-        Command::new("dpkg-deb")
+        hosttool::command("dpkg-deb")
             .arg("-x")
             .arg(&deb)
             .arg(dir.join("root")),
@@ -104,7 +103,7 @@ fn apt_unpack(pkg: &str, into: &Path) -> Result<PathBuf, DemoError> {
 
 fn newest_kernel_package() -> Result<String, DemoError> {
     let out = sh(
-        Command::new("apt-cache").args([
+        hosttool::command("apt-cache").args([
             "search",
             "--names-only",
             "^linux-image-[0-9].*-amd64-unsigned$",
@@ -307,15 +306,13 @@ pub fn run(args: DemoConfig, n: u32) -> Result<(), DemoError> {
         )
         .stderr(log);
     // If the demo is killed, its orchestrator drains and cleans up rather than run on.
-    // SAFETY: prctl is async-signal-safe and takes no pointers.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    hosttool::tie(
+        &mut cmd,
+        hosttool::Tie {
+            own_group: false,
+            death: libc::SIGTERM,
+        },
+    );
     let mut child = cmd
         .spawn()
         .map_err(|e| DemoError::Io("start the orchestrator".into(), e))?;

@@ -16,6 +16,7 @@ pub mod backend;
 pub mod cli;
 pub mod demo;
 pub mod forge;
+pub mod hosttool;
 pub mod image;
 pub mod localforge;
 pub mod logging;

@@ -1,15 +1,70 @@
 //! krunvm (pinned argv, as the shell original): every call goes through
 //! `buildah unshare` so that rootless buildah mounts and volume bind mounts work.
+//! Only krunvm's argv and list format live here; spawning is `Backend`'s.
 
-use super::{output, BackendError};
+use super::{need, output, pull_if_missing, BackendError, BoxFuture, Hypervisor, Registration};
+use crate::hosttool;
+use crate::types::runtime::Runtime;
 use crate::types::vm::VmSpec;
+
+/// `-R krunvm`; `-R ''` picks it when krunvm and buildah are installed.
+pub(super) const REGISTRATION: Registration = Registration {
+    runtime: Runtime::Krunvm,
+    detect: Some(|| which::which("krunvm").is_ok() && which::which("buildah").is_ok()),
+    open: |_| {
+        need("buildah")?;
+        need("krunvm")?;
+        Ok(Box::new(Krunvm))
+    },
+};
+
+/// `buildah unshare krunvm …`.
+#[derive(Debug)]
+struct Krunvm;
+
+impl Hypervisor for Krunvm {
+    fn runtime(&self) -> Runtime {
+        Runtime::Krunvm
+    }
+
+    fn prepare<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            pull_if_missing(
+                "buildah",
+                &["inspect", "--type", "image", image],
+                &["pull", image],
+                image,
+            )
+            .await
+        })
+    }
+
+    fn create<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(create(spec))
+    }
+
+    fn command(&self, spec: &VmSpec) -> Result<std::process::Command, BackendError> {
+        let (program, args) = start_argv(spec);
+        let mut cmd = hosttool::command(program);
+        cmd.args(args);
+        Ok(cmd)
+    }
+
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(delete(name))
+    }
+
+    fn list<'a>(&'a self, _prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
+        Box::pin(list())
+    }
+}
 
 fn volume(host: &std::path::Path, guest: &str) -> String {
     format!("{}:{guest}", host.display())
 }
 
 /// `buildah unshare krunvm create IMAGE --cpus C --mem M --dns D --name NAME --volume HOST:GUEST…`
-pub(super) fn create_argv(spec: &VmSpec) -> Vec<String> {
+fn create_argv(spec: &VmSpec) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "unshare".into(),
         "krunvm".into(),
@@ -37,21 +92,21 @@ pub(super) fn create_argv(spec: &VmSpec) -> Vec<String> {
     a
 }
 
-pub(super) async fn create(spec: &VmSpec) -> Result<(), BackendError> {
+async fn create(spec: &VmSpec) -> Result<(), BackendError> {
     let argv = create_argv(spec);
     let args: Vec<&str> = argv.iter().map(String::as_str).collect();
     output("buildah", &args).await.map(|_| ())
 }
 
 /// `buildah unshare krunvm start NAME ENTRYPOINT -- ARGS…`
-pub(super) fn start_argv(spec: &VmSpec) -> (&'static str, Vec<String>) {
+fn start_argv(spec: &VmSpec) -> (&'static str, Vec<String>) {
     let mut a: Vec<String> = ["unshare", "krunvm", "start"].map(String::from).to_vec();
     a.extend([spec.name.clone(), spec.entrypoint.clone(), "--".into()]);
     a.extend(spec.args.iter().cloned());
     ("buildah", a)
 }
 
-pub(super) async fn delete(name: &str) -> Result<(), BackendError> {
+async fn delete(name: &str) -> Result<(), BackendError> {
     match output("buildah", &["unshare", "krunvm", "delete", name]).await {
         Ok(_) => Ok(()),
         // Deleting what is not there is not a failure.
@@ -61,7 +116,7 @@ pub(super) async fn delete(name: &str) -> Result<(), BackendError> {
 }
 
 /// `krunvm list` prints each VM's name alone on a line, then indented details.
-pub(super) async fn list() -> Result<Vec<String>, BackendError> {
+async fn list() -> Result<Vec<String>, BackendError> {
     let out = output("buildah", &["unshare", "krunvm", "list"]).await?;
     Ok(parse_list(&out))
 }

@@ -1,21 +1,31 @@
-//! microVM backends behind one interface (design.md §6): prepare an image,
-//! create, start (a supervised child process), force-stop, delete, list by prefix.
+//! microVM backends behind one trait (design.md §6): [`Hypervisor`] is what one
+//! hypervisor does (prepare an image, the VM's process, delete, list, and the
+//! optional console, power button and exit-status decoding); [`Backend`] is the
+//! chosen one plus what every backend shares (starting the VM's process through
+//! `hosttool`, killing its group, filtering by prefix). It never reads a command
+//! line or talks to GitHub.
 //!
-//! Every backend process is started in its own process group with
-//! `PR_SET_PDEATHSIG(SIGKILL)`, from the runner's single runtime thread (the
-//! death signal belongs to the spawning *thread*), so a VM never outlives its loop.
+//! Adding a hypervisor: a file implementing [`Hypervisor`], its line in
+//! [`BACKENDS`] (and its name in `types::runtime`), and its tests.
 
 mod krunvm;
 mod podman;
 pub mod qemu;
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitStatus;
+use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
+use crate::hosttool;
 use crate::types::runtime::Runtime;
 use crate::types::vm::VmSpec;
+
+/// What the trait's async methods return (`dyn`-compatible; all of it runs on the
+/// loop's one thread, so nothing needs to be `Send`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// Backend failures.
 #[derive(Debug, thiserror::Error)]
@@ -46,188 +56,148 @@ pub enum BackendError {
     Spawn(String, #[source] std::io::Error),
     /// The image (a QEMU bundle) is unusable.
     #[error("-i {0}: {1}")]
-    Image(PathBuf, String),
+    Image(std::path::PathBuf, String),
 }
 
-const BUILDAH_HINT: &str =
-    "install buildah (Debian/Ubuntu: apt-get install buildah; Fedora: dnf install buildah)";
-const KRUNVM_HINT: &str = "install krunvm (Fedora: dnf install krunvm; elsewhere build it from github.com/containers/krunvm with libkrun)";
-const PODMAN_HINT: &str =
-    "install podman (Debian/Ubuntu: apt-get install podman; Fedora: dnf install podman)";
-const KRUN_HINT: &str = "podman needs the krun runtime: install crun built with libkrun (Fedora: dnf install crun-krun), so that `krun` is on PATH or `crun --version` shows +LIBKRUN";
+/// One hypervisor. Methods with a default are capabilities some backends lack.
+pub trait Hypervisor: std::fmt::Debug {
+    /// The runtime it implements.
+    fn runtime(&self) -> Runtime;
 
-/// A microVM runtime.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    /// `buildah unshare krunvm …`.
-    Krunvm,
-    /// `podman run --runtime krun …`.
-    Podman,
-    /// `qemu-system-x86_64 -M microvm …` with a kernel + initramfs bundle.
-    Qemu(qemu::Qemu),
-}
+    /// Make sure the image is available locally (pulls it when missing), and
+    /// settle whatever depends on it.
+    fn prepare<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
 
-fn need(tool: &'static str, hint: &'static str) -> Result<(), BackendError> {
-    which::which(tool)
-        .map(|_| ())
-        .map_err(|_| BackendError::Missing { tool, hint })
-}
-
-/// Is the krun OCI runtime available to podman?
-fn has_krun() -> bool {
-    if which::which("krun").is_ok() {
-        return true;
+    /// Create the VM before it starts (krunvm keeps a definition; most create at start).
+    fn create<'a>(&'a self, _spec: &'a VmSpec) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
     }
-    std::process::Command::new("crun")
-        .arg("--version")
-        .stderr(Stdio::null())
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("+LIBKRUN"))
+
+    /// The VM's process, made with [`hosttool::command`]: it lives as long as the VM.
+    fn command(&self, spec: &VmSpec) -> Result<std::process::Command, BackendError>;
+
+    /// After the VM's process group was killed: whatever else keeps it alive.
+    fn after_kill<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// Remove the VM's definition (missing is fine).
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Names of the VMs that may be this prefix's (filtered again by the caller).
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, BackendError>>;
+
+    /// What the VM process's exit status says: (success, description).
+    fn describe_exit(&self, st: &ExitStatus) -> (bool, String) {
+        (st.success(), st.to_string())
+    }
+
+    /// The guest's own exit status (the entrypoint's), when the backend passes it on.
+    fn guest_status(&self, st: &ExitStatus) -> Option<i32> {
+        st.code()
+    }
+
+    /// Has the VM's boot visibly stalled?
+    fn boot_stalled(&self, _name: &str, _elapsed: Duration) -> bool {
+        false
+    }
+
+    /// The tail of the VM's console, when the backend keeps one.
+    fn console_tail(&self, _name: &str) -> Option<String> {
+        None
+    }
+
+    /// Ask the guest to shut down through the hypervisor (an ACPI power button).
+    /// False when nothing was sent.
+    fn powerdown<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
 }
+
+/// A backend's entry in [`BACKENDS`].
+pub struct Registration {
+    /// Its `-R` name.
+    pub runtime: Runtime,
+    /// Whether `-R ''` may pick it, and how to tell it is usable here (`None`:
+    /// only when asked for by name).
+    pub detect: Option<fn() -> bool>,
+    /// Check its tools and open it.
+    pub open: fn(&qemu::QemuConfig) -> Result<Box<dyn Hypervisor>, BackendError>,
+}
+
+/// Every backend, in the order `-R ''` tries them (design.md §6).
+pub const BACKENDS: &[Registration] = &[
+    podman::REGISTRATION,
+    krunvm::REGISTRATION,
+    qemu::REGISTRATION,
+];
+
+/// The loop's backend.
+#[derive(Debug)]
+pub struct Backend(Box<dyn Hypervisor>);
 
 impl Backend {
-    /// The forced runtime after checking its tools, or the first available one
-    /// (podman with krun, krunvm, QEMU).
+    /// The forced runtime after checking its tools, or the first available one.
+    /// Called once per process: the orchestrator passes what it found to its loops.
     pub fn detect(
         forced: Option<Runtime>,
-        qemu: &qemu::QemuConfig,
+        cfg: &qemu::QemuConfig,
     ) -> Result<Backend, BackendError> {
-        match forced {
-            Some(Runtime::Qemu) => Ok(Backend::Qemu(qemu::Qemu::new(qemu.clone())?)),
-            Some(Runtime::Krunvm) => {
-                need("buildah", BUILDAH_HINT)?;
-                need("krunvm", KRUNVM_HINT)?;
-                Ok(Backend::Krunvm)
-            }
-            Some(Runtime::Podman) => {
-                need("podman", PODMAN_HINT)?;
-                if !has_krun() {
-                    return Err(BackendError::Missing {
-                        tool: "krun",
-                        hint: KRUN_HINT,
-                    });
-                }
-                Ok(Backend::Podman)
-            }
-            None if which::which("podman").is_ok() && has_krun() => Ok(Backend::Podman),
-            None if which::which("krunvm").is_ok() && which::which("buildah").is_ok() => {
-                Ok(Backend::Krunvm)
-            }
-            None => Err(BackendError::NoRuntime),
-        }
+        let chosen = match forced {
+            Some(r) => BACKENDS.iter().find(|b| b.runtime == r),
+            None => BACKENDS
+                .iter()
+                .find(|b| b.detect.is_some_and(|usable| usable())),
+        };
+        let b = chosen.ok_or(BackendError::NoRuntime)?;
+        (b.open)(cfg).map(Backend)
     }
 
     /// The runtime this backend implements.
     pub fn runtime(&self) -> Runtime {
-        match self {
-            Backend::Krunvm => Runtime::Krunvm,
-            Backend::Podman => Runtime::Podman,
-            Backend::Qemu(_) => Runtime::Qemu,
-        }
+        self.0.runtime()
     }
 
-    /// Make sure the image is available locally (pulls it when missing).
+    /// Make sure the image is available locally.
     pub async fn prepare(&self, image: &str) -> Result<(), BackendError> {
-        let (tool, check, pull): (&str, Vec<&str>, Vec<&str>) = match self {
-            Backend::Krunvm => (
-                "buildah",
-                vec!["inspect", "--type", "image", image],
-                vec!["pull", image],
-            ),
-            Backend::Podman => (
-                "podman",
-                vec!["image", "exists", image],
-                vec!["pull", image],
-            ),
-            Backend::Qemu(q) => return q.prepare(image).await,
-        };
-        if output(tool, &check).await.is_ok() {
-            return Ok(());
-        }
-        tracing::info!(image, "pulling the guest image");
-        output(tool, &pull).await.map(|_| ())
+        self.0.prepare(image).await
     }
 
-    /// Create the VM (krunvm keeps a definition; podman creates at start).
+    /// Create the VM.
     pub async fn create(&self, spec: &VmSpec) -> Result<(), BackendError> {
-        match self {
-            Backend::Krunvm => krunvm::create(spec).await,
-            Backend::Podman => Ok(()),
-            Backend::Qemu(q) => q.create(spec),
-        }
+        self.0.create(spec).await
     }
 
     /// Start the VM; the returned child lives as long as the VM.
     pub fn start(&self, spec: &VmSpec) -> Result<Child, BackendError> {
-        let (program, args): (PathBuf, Vec<String>) = match self {
-            Backend::Krunvm => {
-                let (p, a) = krunvm::start_argv(spec);
-                (p.into(), a)
-            }
-            Backend::Podman => {
-                let (p, a) = podman::run_argv(spec);
-                (p.into(), a)
-            }
-            Backend::Qemu(q) => q.argv(spec)?,
-        };
-        let mut cmd = Command::new(&program);
-        cmd.args(&args).stdin(Stdio::null()).kill_on_drop(true);
-        if let Backend::Qemu(q) = self {
-            // QEMU's own messages; the guest console goes to console.log beside it.
-            let log = q.console_path(&spec.name).with_file_name("qemu.log");
-            let f = std::fs::File::create(&log)
-                .map_err(|e| BackendError::Spawn(log.display().to_string(), e))?;
-            cmd.stdout(Stdio::null()).stderr(f);
-        }
-        scrub(&mut cmd);
-        supervised(&mut cmd);
-        let name = program
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("backend")
-            .to_string();
-        cmd.spawn().map_err(|e| spawn_error(&name, e))
+        let cmd = self.0.command(spec)?;
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        hosttool::spawn_async(cmd).map_err(|e| spawn_error(&program, e))
     }
 
     /// What the backend process's exit status says: (success, description).
-    pub fn describe_exit(&self, st: &std::process::ExitStatus) -> (bool, String) {
-        match self {
-            Backend::Qemu(_) => qemu::describe_exit(st),
-            _ => (st.success(), st.to_string()),
-        }
+    pub fn describe_exit(&self, st: &ExitStatus) -> (bool, String) {
+        self.0.describe_exit(st)
     }
 
-    /// The guest's own exit status (the entrypoint's), when the backend passes it on.
-    pub fn guest_status(&self, st: &std::process::ExitStatus) -> Option<i32> {
-        match self {
-            Backend::Qemu(_) => qemu::guest_status(st),
-            _ => st.code(),
-        }
+    /// The guest's own exit status, when the backend passes it on.
+    pub fn guest_status(&self, st: &ExitStatus) -> Option<i32> {
+        self.0.guest_status(st)
     }
 
     /// Has the VM's boot visibly stalled (QEMU: no sign of init on the console)?
-    pub fn boot_stalled(&self, name: &str, elapsed: std::time::Duration) -> bool {
-        match self {
-            Backend::Qemu(q) => q.boot_stalled(name, elapsed),
-            _ => false,
-        }
+    pub fn boot_stalled(&self, name: &str, elapsed: Duration) -> bool {
+        self.0.boot_stalled(name, elapsed)
     }
 
     /// The tail of the VM's console, when the backend keeps one.
     pub fn console_tail(&self, name: &str) -> Option<String> {
-        match self {
-            Backend::Qemu(q) => q.console_tail(name, 25),
-            _ => None,
-        }
+        self.0.console_tail(name)
     }
 
-    /// Ask the guest to shut down through the hypervisor, where there is a way
-    /// (QEMU: the ACPI power button over QMP). False when nothing was sent.
+    /// Ask the guest to shut down through the hypervisor, where there is a way.
     pub async fn powerdown(&self, name: &str) -> bool {
-        match self {
-            Backend::Qemu(q) => q.powerdown(name).await,
-            _ => false,
-        }
+        self.0.powerdown(name).await
     }
 
     /// Stop the VM now: kill the supervised process group and the VM itself.
@@ -239,106 +209,118 @@ impl Backend {
             );
         }
         let _ = child.kill().await;
-        if matches!(self, Backend::Podman) {
-            let _ = output("podman", &["rm", "-f", "-t", "0", name]).await;
-        }
+        self.0.after_kill(name).await;
     }
 
     /// Remove the VM's definition (missing is fine).
     pub async fn delete(&self, name: &str) -> Result<(), BackendError> {
-        match self {
-            Backend::Krunvm => krunvm::delete(name).await,
-            Backend::Podman => podman::remove(name).await,
-            Backend::Qemu(q) => q.delete(name),
-        }
+        self.0.delete(name).await
     }
 
     /// Names of the VMs whose name starts with `<prefix>-`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
-        let all = match self {
-            Backend::Krunvm => krunvm::list().await?,
-            Backend::Podman => podman::list(prefix).await?,
-            Backend::Qemu(q) => q.list(),
-        };
         let p = format!("{prefix}-");
+        let all = self.0.list(prefix).await?;
         Ok(all.into_iter().filter(|n| n.starts_with(&p)).collect())
     }
 }
 
-/// Credentials of the host that no backend process (and so no guest) may inherit.
-const HOST_SECRETS: &[&str] = &[
-    "RUNNER_PAT",
-    "RUNNER_SECRET",
-    "RUNNER_APP_KEY",
-    "GITHUB_TOKEN",
-    "GH_TOKEN",
+/// How to install the tools backends run.
+const HINTS: &[(&str, &str)] = &[
+    (
+        "buildah",
+        "install buildah (Debian/Ubuntu: apt-get install buildah; Fedora: dnf install buildah)",
+    ),
+    (
+        "krunvm",
+        "install krunvm (Fedora: dnf install krunvm; elsewhere build it from github.com/containers/krunvm with libkrun)",
+    ),
+    (
+        "podman",
+        "install podman (Debian/Ubuntu: apt-get install podman; Fedora: dnf install podman)",
+    ),
+    (
+        "krun",
+        "podman needs the krun runtime: install crun built with libkrun (Fedora: dnf install crun-krun), so that `krun` is on PATH or `crun --version` shows +LIBKRUN",
+    ),
 ];
 
-/// Remove the host's credentials from a backend command's environment.
-fn scrub(cmd: &mut Command) -> &mut Command {
-    for v in HOST_SECRETS {
-        cmd.env_remove(v);
-    }
-    cmd
+fn missing(tool: &'static str) -> BackendError {
+    let hint = HINTS
+        .iter()
+        .find(|(t, _)| *t == tool)
+        .map_or("install it", |(_, h)| h);
+    BackendError::Missing { tool, hint }
 }
 
-/// Put the child in its own process group and tie its life to this thread.
-pub fn supervised(cmd: &mut Command) {
-    // SAFETY: setpgid and prctl are async-signal-safe and touch no memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+/// Is `tool` on PATH? If not, say how to install it.
+fn need(tool: &'static str) -> Result<(), BackendError> {
+    which::which(tool).map(|_| ()).map_err(|_| missing(tool))
 }
 
 fn spawn_error(program: &str, e: std::io::Error) -> BackendError {
     let program = program.rsplit('/').next().unwrap_or(program);
-    match (e.kind(), program) {
-        (std::io::ErrorKind::NotFound, "buildah") => BackendError::Missing {
-            tool: "buildah",
-            hint: BUILDAH_HINT,
-        },
-        (std::io::ErrorKind::NotFound, "krunvm") => BackendError::Missing {
-            tool: "krunvm",
-            hint: KRUNVM_HINT,
-        },
-        (std::io::ErrorKind::NotFound, "podman") => BackendError::Missing {
-            tool: "podman",
-            hint: PODMAN_HINT,
-        },
+    match HINTS.iter().find(|(t, _)| *t == program && *t != "krun") {
+        Some((tool, _)) if e.kind() == std::io::ErrorKind::NotFound => missing(tool),
         _ => BackendError::Spawn(program.to_string(), e),
     }
 }
 
 /// Run a tool to completion; non-zero exit is an error with its stderr.
 pub(crate) async fn output(program: &'static str, args: &[&str]) -> Result<String, BackendError> {
-    let out = scrub(&mut Command::new(program))
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
+    let mut cmd = hosttool::command(program);
+    cmd.args(args);
+    let out = hosttool::output_async(cmd)
         .await
         .map_err(|e| spawn_error(program, e))?;
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail: String = stderr
-        .trim()
-        .chars()
-        .rev()
-        .take(400)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
     Err(BackendError::Failed {
         command: format!("{program} {}", args.join(" ")),
         status: out.status.to_string(),
-        stderr: tail,
+        stderr: hosttool::stderr_tail(&out.stderr, 400),
     })
+}
+
+/// The image is there (`check` succeeds), or is pulled.
+async fn pull_if_missing(
+    tool: &'static str,
+    check: &[&str],
+    pull: &[&str],
+    image: &str,
+) -> Result<(), BackendError> {
+    if output(tool, check).await.is_ok() {
+        return Ok(());
+    }
+    tracing::info!(image, "pulling the guest image");
+    output(tool, pull).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_runtime_is_registered_once() {
+        for r in [Runtime::Krunvm, Runtime::Podman, Runtime::Qemu] {
+            assert_eq!(
+                BACKENDS.iter().filter(|b| b.runtime == r).count(),
+                1,
+                "{r:?}"
+            );
+        }
+        // `-R ''` never picks QEMU: it needs a bundle (-i DIR), not an image.
+        assert!(BACKENDS
+            .iter()
+            .all(|b| b.runtime != Runtime::Qemu || b.detect.is_none()));
+    }
+
+    #[test]
+    fn missing_tools_name_the_fix() {
+        let e = spawn_error("/usr/bin/podman", std::io::ErrorKind::NotFound.into());
+        assert!(e.to_string().contains("apt-get install podman"), "{e}");
+        let e = spawn_error("qemu-system-x86_64", std::io::ErrorKind::NotFound.into());
+        assert!(matches!(e, BackendError::Spawn(..)), "{e}");
+    }
 }

@@ -1,7 +1,76 @@
 //! podman with the krun runtime: the VM is a container whose runtime boots it.
+//! Only podman's argv lives here; spawning and killing are `Backend`'s.
 
-use super::{output, BackendError};
+use super::{
+    missing, need, output, pull_if_missing, BackendError, BoxFuture, Hypervisor, Registration,
+};
+use crate::hosttool;
+use crate::types::runtime::Runtime;
 use crate::types::vm::VmSpec;
+
+/// `-R podman`; `-R ''` picks it first, when podman has the krun runtime.
+pub(super) const REGISTRATION: Registration = Registration {
+    runtime: Runtime::Podman,
+    detect: Some(|| which::which("podman").is_ok() && has_krun()),
+    open: |_| {
+        need("podman")?;
+        if !has_krun() {
+            return Err(missing("krun"));
+        }
+        Ok(Box::new(Podman))
+    },
+};
+
+/// Is the krun OCI runtime available to podman?
+fn has_krun() -> bool {
+    which::which("krun").is_ok()
+        || hosttool::output(hosttool::command("crun").arg("--version"))
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("+LIBKRUN"))
+}
+
+/// `podman run --runtime krun …`.
+#[derive(Debug)]
+struct Podman;
+
+impl Hypervisor for Podman {
+    fn runtime(&self) -> Runtime {
+        Runtime::Podman
+    }
+
+    fn prepare<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            pull_if_missing(
+                "podman",
+                &["image", "exists", image],
+                &["pull", image],
+                image,
+            )
+            .await
+        })
+    }
+
+    fn command(&self, spec: &VmSpec) -> Result<std::process::Command, BackendError> {
+        let (program, args) = run_argv(spec);
+        let mut cmd = hosttool::command(program);
+        cmd.args(args);
+        Ok(cmd)
+    }
+
+    /// conmon detaches from the process group: remove the container itself.
+    fn after_kill<'a>(&'a self, name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let _ = output("podman", &["rm", "-f", "-t", "0", name]).await;
+        })
+    }
+
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(remove(name))
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
+        Box::pin(list(prefix))
+    }
+}
 
 /// Container memory limit above the guest's RAM, for the VMM's own overhead.
 fn container_memory(guest_mib: u32) -> u32 {
@@ -10,7 +79,7 @@ fn container_memory(guest_mib: u32) -> u32 {
 
 /// `podman run --runtime krun --rm --name NAME --cpus C --memory M' --dns D
 /// --annotation krun.cpus=C --annotation krun.ram_mib=M --entrypoint E --volume … IMAGE ARGS…`
-pub(super) fn run_argv(spec: &VmSpec) -> (&'static str, Vec<String>) {
+fn run_argv(spec: &VmSpec) -> (&'static str, Vec<String>) {
     let mut a: Vec<String> = ["run", "--runtime", "krun", "--rm", "--name"]
         .map(String::from)
         .to_vec();
@@ -47,7 +116,7 @@ pub(super) fn run_argv(spec: &VmSpec) -> (&'static str, Vec<String>) {
     ("podman", a)
 }
 
-pub(super) async fn remove(name: &str) -> Result<(), BackendError> {
+async fn remove(name: &str) -> Result<(), BackendError> {
     // --ignore: a container already removed by --rm is fine.
     output(
         "podman",
@@ -57,7 +126,7 @@ pub(super) async fn remove(name: &str) -> Result<(), BackendError> {
     .map(|_| ())
 }
 
-pub(super) async fn list(prefix: &str) -> Result<Vec<String>, BackendError> {
+async fn list(prefix: &str) -> Result<Vec<String>, BackendError> {
     let filter = format!("name=^{prefix}-");
     let out = output(
         "podman",

@@ -381,9 +381,7 @@ pub fn runner_version(tarball: &Path) -> Result<String, ImageError> {
 }
 
 fn busybox_applets(busybox: &Path) -> Vec<String> {
-    let listed = std::process::Command::new(busybox)
-        .arg("--list")
-        .output()
+    let listed = crate::hosttool::output(crate::hosttool::command(busybox).arg("--list"))
         .ok()
         .filter(|o| o.status.success())
         .map(|o| {

@@ -12,8 +12,8 @@
 //! QEMU boots the disk behind a per-VM copy-on-write overlay, so the cached disk
 //! never changes (see `backend::qemu`).
 
+use crate::hosttool;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
@@ -98,10 +98,7 @@ fn buildah() -> Result<PathBuf, ImageError> {
 
 /// Run buildah; on failure, its stderr is the reason.
 fn run_buildah(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("buildah")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
+    let out = hosttool::output(hosttool::command("buildah").args(args))
         .map_err(|e| format!("buildah: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -135,11 +132,7 @@ struct WorkingContainer(String);
 
 impl Drop for WorkingContainer {
     fn drop(&mut self) {
-        let _ = Command::new("buildah")
-            .args(["rm", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = hosttool::output(hosttool::command("buildah").args(["rm", &self.0]));
     }
 }
 
@@ -175,18 +168,14 @@ mkfs.ext4 -q -F -L ghrm-root -O ^has_journal -m 0 -N "$(( files + files / 4 + 40
     // Root needs no user namespace (and `buildah unshare` as root without subuid
     // ranges fails).
     let mut cmd = if nix::unistd::geteuid().is_root() {
-        Command::new("sh")
+        hosttool::command("sh")
     } else {
-        let mut c = Command::new("buildah");
+        let mut c = hosttool::command("buildah");
         c.args(["unshare", "--", "sh"]);
         c
     };
-    let out = cmd
-        .args(["-c", SCRIPT, "sh", &name])
-        .arg(dest)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("buildah unshare: {e}"))?;
+    cmd.args(["-c", SCRIPT, "sh", &name]).arg(dest);
+    let out = hosttool::output(&mut cmd).map_err(|e| format!("buildah unshare: {e}"))?;
     if !out.status.success() {
         return Err(format!(
             "converting {image} failed: {}",

@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use super::supervise::LoopSlot;
 use super::{OrchestratorConfig, OrchestratorError};
 use crate::backend::Backend;
+use crate::hosttool;
 
 /// Everything the orchestrator needs to start a loop.
 pub(super) struct Launcher {
@@ -20,7 +21,7 @@ pub(super) struct Launcher {
 
 impl Launcher {
     pub(super) fn spawn(&self, slot: &LoopSlot) -> std::io::Result<Child> {
-        let mut cmd = Command::new(&self.runner);
+        let mut cmd = std::process::Command::new(&self.runner);
         cmd.args(&self.args).arg("--").arg(slot.index.to_string());
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         cmd.env(
@@ -30,21 +31,18 @@ impl Launcher {
                 .map(|d| d.display().to_string())
                 .unwrap_or_default(),
         );
-        cmd.stdin(Stdio::null()).kill_on_drop(true);
-        // SAFETY: setpgid/prctl are async-signal-safe. Own process group: a terminal's
-        // ^C reaches only us, and we stop the loops in order. PDEATHSIG SIGTERM: if we
-        // are killed, each loop still drains and cleans up after itself.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setpgid(0, 0) != 0
-                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd.spawn()
+        cmd.stdin(Stdio::null());
+        // Our own child: it keeps the credentials. Own process group: a terminal's
+        // ^C reaches only us, and we stop the loops in order. SIGTERM on our death:
+        // each loop still drains and cleans up after itself.
+        hosttool::tie(
+            &mut cmd,
+            hosttool::Tie {
+                own_group: true,
+                death: libc::SIGTERM,
+            },
+        );
+        hosttool::spawn_async(cmd)
     }
 }
 

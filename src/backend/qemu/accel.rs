@@ -1,0 +1,172 @@
+//! The accelerator: `--accel`, the KVM probe (a present /dev/kvm is no proof: a
+//! guest must boot) with its per-host cache, and the host TSC rate TCG guests are
+//! told. It decides KVM or TCG; it does not start VMs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::Qemu;
+use crate::hosttool;
+
+/// `--accel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM when a probe guest really boots with it, else TCG (with a warning).
+    Auto,
+    /// KVM.
+    Kvm,
+    /// Software emulation (slow; for hosts without usable KVM, and CI).
+    Tcg,
+}
+
+impl Qemu {
+    /// A present /dev/kvm is no proof: boot the bundle with KVM and a short deadline.
+    /// The answer is remembered per kernel and QEMU in the user's cache.
+    pub(super) async fn probe_kvm(&self, kernel: &Path, initrd: &Path) -> bool {
+        let usable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if !usable {
+            tracing::warn!("/dev/kvm is not usable: using TCG (software emulation, much slower)");
+            return false;
+        }
+        let key = format!("{}|{}", self.binary.display(), kernel.display());
+        let cache = crate::types::paths::cache_dir().join("kvm-probe");
+        if let Some(v) = cached(&cache, &key) {
+            return v == "kvm";
+        }
+        let mut cmd = hosttool::command(&self.binary);
+        cmd.args([
+            "-M",
+            "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+        ]);
+        cmd.args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
+        cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
+        cmd.args([
+            "-append",
+            "console=ttyS0 panic=-1 ghrm.probe=1",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ]);
+        let ok = match tokio::time::timeout(Duration::from_secs(20), hosttool::output_async(cmd))
+            .await
+        {
+            Ok(Ok(out)) if out.status.code() == Some(1) => true,
+            Ok(Ok(out)) => {
+                tracing::debug!(
+                    "the KVM probe guest ended with {}: {}",
+                    out.status,
+                    hosttool::stderr_tail(&out.stderr, 400)
+                );
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("cannot run the KVM probe: {e}");
+                false
+            }
+            Err(_) => false,
+        };
+        if !ok {
+            tracing::warn!("a KVM guest did not boot on this host (nested or restricted KVM?): using TCG (software emulation, much slower)");
+        }
+        remember(&cache, &key, if ok { "kvm" } else { "tcg" });
+        ok
+    }
+}
+
+/// The probe's remembered answer for `key` (`<qemu>|<kernel>`).
+fn cached(cache: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(cache).ok()?;
+    let prefix = format!("{key}=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_string)
+}
+
+/// Add `key=answer` to the cache: written beside it and renamed over it, so two
+/// loops probing at once never leave a torn file (the last one wins).
+fn remember(cache: &Path, key: &str, answer: &str) {
+    let Some(dir) = cache.parent() else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(dir);
+    let mut text = std::fs::read_to_string(cache).unwrap_or_default();
+    text.push_str(&format!("{key}={answer}\n"));
+    let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut f| {
+        use std::io::Write;
+        f.write_all(text.as_bytes())?;
+        f.persist(cache).map_err(|e| e.error)?;
+        Ok(())
+    });
+    if let Err(e) = written {
+        tracing::debug!("cannot remember the KVM probe in {}: {e}", cache.display());
+    }
+}
+
+/// The host's TSC rate in kHz, measured once against `CLOCK_MONOTONIC` (x86-64).
+pub(super) fn host_tsc_khz() -> Option<u64> {
+    static KHZ: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: rdtsc has no preconditions on x86-64.
+            let (t0, c0) = (std::time::Instant::now(), unsafe {
+                std::arch::x86_64::_rdtsc()
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: as above.
+            let (c1, t1) = (
+                unsafe { std::arch::x86_64::_rdtsc() },
+                std::time::Instant::now(),
+            );
+            let us = (t1 - t0).as_micros() as u64;
+            let khz = c1.checked_sub(c0)?.checked_mul(1000)? / us.max(1);
+            (100_000..=10_000_000).contains(&khz).then_some(khz)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_cache_is_replaced_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("sub/kvm-probe");
+        assert_eq!(cached(&cache, "q|k"), None);
+        remember(&cache, "q|k", "tcg");
+        remember(&cache, "q|k2", "kvm");
+        assert_eq!(cached(&cache, "q|k").as_deref(), Some("tcg"));
+        assert_eq!(cached(&cache, "q|k2").as_deref(), Some("kvm"));
+        // Only the cache itself is left: no temporary files beside it.
+        assert_eq!(
+            std::fs::read_dir(cache.parent().unwrap()).unwrap().count(),
+            1
+        );
+    }
+
+    #[test]
+    fn measures_the_host_tsc() {
+        #[cfg(target_arch = "x86_64")]
+        assert!(host_tsc_khz().is_some_and(|k| k > 100_000));
+    }
+}

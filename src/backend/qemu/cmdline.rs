@@ -1,0 +1,201 @@
+//! QEMU's argv for one VM: machine and accelerator, memory, kernel and
+//! initramfs, 9p shares, disks, network, console, QMP and the guest's kernel
+//! command line (`ghrm.*` keys). It builds the command; it does not run it.
+
+use std::path::{Path, PathBuf};
+
+use super::accel::host_tsc_khz;
+use super::net::NetMode;
+use super::{BackendError, Qemu};
+use crate::types::vm::VmSpec;
+
+impl Qemu {
+    /// The VM's process: QEMU with its argv, its own messages in `qemu.log` (the
+    /// guest's console goes to `console.log` beside it).
+    pub(super) fn qemu_command(
+        &self,
+        spec: &VmSpec,
+    ) -> Result<std::process::Command, BackendError> {
+        let (program, args) = self.argv(spec)?;
+        let mut cmd = crate::hosttool::command(program);
+        cmd.args(args);
+        let log = self.console_path(&spec.name).with_file_name("qemu.log");
+        let f = std::fs::File::create(&log)
+            .map_err(|e| BackendError::Spawn(log.display().to_string(), e))?;
+        cmd.stdout(std::process::Stdio::null()).stderr(f);
+        Ok(cmd)
+    }
+
+    /// The argv of the VM.
+    fn argv(&self, spec: &VmSpec) -> Result<(PathBuf, Vec<String>), BackendError> {
+        let (kernel, initrd, root) = self.bundle(Path::new(&spec.image))?;
+        let d = self.dir(&spec.name);
+        let mut a: Vec<String> = vec![];
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        if self.uses_kvm() {
+            push(&[
+                "-M",
+                "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=on",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host",
+            ]);
+        } else {
+            // Under TCG pit=off or pic=off hang the guest at TSC calibration.
+            push(&[
+                "-M",
+                "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+                "-accel",
+                "tcg",
+                "-cpu",
+                "max",
+            ]);
+        }
+        push(&[
+            "-m",
+            &spec.memory.to_string(),
+            "-smp",
+            &spec.cpus.to_string(),
+        ]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
+        push(&[
+            "-kernel",
+            &kernel.display().to_string(),
+            "-initrd",
+            &initrd.display().to_string(),
+        ]);
+        let mut cmdline = format!("console=ttyS0 panic=-1 ghrm.net=1 ghrm.dns={}", spec.dns);
+        // Under TCG the guest's TSC runs at the host's rate, and the kernel's calibration
+        // against the emulated PIT fails often on a loaded (or nested) host, after which the
+        // boot hangs ("tsc: Unable to calibrate against PIT"). Tell it the rate instead.
+        if !self.uses_kvm() {
+            if let Some(khz) = host_tsc_khz() {
+                cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+            }
+        }
+        let mut shares = vec![];
+        if let Some(env) = &spec.env_dir {
+            shares.push((
+                "env".to_string(),
+                env.clone(),
+                protocol::GUEST_ENV_DIR.to_string(),
+                false,
+            ));
+        }
+        for (i, m) in spec.mounts.iter().enumerate() {
+            let ro = m
+                .options
+                .as_deref()
+                .is_some_and(|o| o.split(',').any(|x| x == "ro"));
+            shares.push((format!("m{i}"), m.host.clone(), m.guest.clone(), ro));
+        }
+        for (tag, host, guest, ro) in &shares {
+            cmdline.push_str(&format!(" ghrm.mount={tag}:{guest}"));
+            let ro = if *ro { ",readonly=on" } else { "" };
+            push(&[
+                "-fsdev",
+                &format!(
+                    "local,id={tag},path={},security_model=mapped-xattr{ro}",
+                    host.display()
+                ),
+            ]);
+            push(&[
+                "-device",
+                &format!("virtio-9p-device,fsdev={tag},mount_tag={tag}"),
+            ]);
+        }
+        if let Some(r) = &root {
+            // The image's disk, read-only, behind a per-VM copy-on-write overlay that
+            // QEMU creates in its TMPDIR (/var/tmp) and unlinks at once: nothing of
+            // it outlives the VM, even a SIGKILLed one.
+            cmdline.push_str(&format!(
+                " ghrm.root={} ghrm.init={}",
+                protocol::init::ROOT_LABEL,
+                r.init
+            ));
+            push(&[
+                "-drive",
+                &format!(
+                    "file={},format=raw,if=none,id=root,snapshot=on,discard=unmap",
+                    qemu_escape(&r.disk.display().to_string())
+                ),
+                "-device",
+                "virtio-blk-device,drive=root",
+            ]);
+            if self.cfg.scratch > 0 {
+                push(&[
+                    "-drive",
+                    &format!(
+                        "file={},format=raw,if=none,id=scratch,discard=unmap",
+                        qemu_escape(&self.scratch_path(&spec.name).display().to_string())
+                    ),
+                    "-device",
+                    "virtio-blk-device,drive=scratch",
+                ]);
+            }
+        }
+        // -D: PID 1 (the bundle's /init, or the image's entrypoint after stage 1)
+        // sets up, then executes the dev entrypoint.
+        let image_init = root
+            .as_ref()
+            .map(|r| r.init.as_str())
+            .unwrap_or(protocol::IMAGE_ENTRYPOINT);
+        if spec.entrypoint != image_init && spec.entrypoint != protocol::IMAGE_ENTRYPOINT {
+            cmdline.push_str(&format!(" ghrm.exec={}", spec.entrypoint));
+        }
+        cmdline.push_str(" --");
+        for arg in &spec.args {
+            cmdline.push(' ');
+            cmdline.push_str(arg);
+        }
+        // x86 kernels cut the command line at 2048 bytes; in -I mode the guest's
+        // configuration (JIT config included) travels on it.
+        if cmdline.len() >= 2048 {
+            return Err(BackendError::Image(
+                spec.image.clone().into(),
+                format!(
+                    "the guest's kernel command line would be {} bytes (x86 allows 2047); without isolation (-I) \
+                     the configuration travels on it: run with isolation",
+                    cmdline.len()
+                ),
+            ));
+        }
+        let mut netdev = "user,id=n0".to_string();
+        if self.cfg.net == NetMode::Restricted {
+            netdev.push_str(",restrict=on");
+        }
+        for f in &self.cfg.forwards {
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:{}:{}-cmd:{} --net-connect {}",
+                f.guest.0,
+                f.guest.1,
+                self.helper.display(),
+                f.host
+            ));
+        }
+        push(&["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0"]);
+        push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        push(&[
+            "-serial",
+            &format!("file:{}", d.join("console.log").display()),
+        ]);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", d.join("qmp.sock").display()),
+        ]);
+        push(&["-append", &cmdline]);
+        Ok((self.binary.clone(), a))
+    }
+}
+
+/// A value inside a QEMU `-drive` option list: commas are doubled.
+fn qemu_escape(s: &str) -> String {
+    s.replace(',', ",,")
+}

@@ -1,0 +1,283 @@
+//! QEMU `-M microvm` (design.md §6): kernel + initramfs from a bundle, the loop
+//! directory over virtio-9p (`security_model=mapped-xattr`: a guest's symlinks and
+//! FIFOs land on the host as regular files), user networking (optionally
+//! `restrict=on` with explicit forwards), the console in a per-VM log file, QMP,
+//! and the guest's exit status through isa-debug-exit (QEMU exits `2 * status + 1`).
+//!
+//! This file owns the loop's QEMU settings, the bundle, the VM's state directory
+//! and the [`Hypervisor`] implementation; each concern beyond that has its room.
+
+mod accel;
+mod cmdline;
+mod console;
+mod net;
+mod qmp;
+mod scratch;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use accel::Accel;
+pub use net::{net_connect, Forward, NetMode};
+use scratch::scratch_root;
+
+use super::{BackendError, BoxFuture, Hypervisor, Registration};
+use crate::image::BundleInfo;
+use crate::types::runtime::Runtime;
+use crate::types::vm::VmSpec;
+
+/// `-R qemu` only: `-R ''` never picks it (it boots bundles, not images).
+pub(super) const REGISTRATION: Registration = Registration {
+    runtime: Runtime::Qemu,
+    detect: None,
+    open: |cfg| Ok(Box::new(Qemu::new(cfg.clone())?)),
+};
+
+/// QEMU settings of a loop.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// Accelerator choice.
+    pub accel: Accel,
+    /// Network mode.
+    pub net: NetMode,
+    /// Forwards.
+    pub forwards: Vec<Forward>,
+    /// Kernel overriding the bundle's.
+    pub kernel: Option<PathBuf>,
+    /// Bytes of the per-VM scratch disk of root-disk bundles (0: none).
+    pub scratch: u64,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            accel: Accel::Auto,
+            net: NetMode::User,
+            forwards: vec![],
+            kernel: None,
+            scratch: 16 << 30,
+        }
+    }
+}
+
+/// The QEMU backend of one loop.
+#[derive(Debug)]
+pub struct Qemu {
+    cfg: QemuConfig,
+    binary: PathBuf,
+    /// Resolved accelerator (auto is probed in `prepare`).
+    kvm: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// `<state>/<name>/` holds console.log, qemu.log, qmp.sock.
+    state: PathBuf,
+    /// This executable, for `--net-connect` forwards.
+    helper: PathBuf,
+}
+
+/// Guest-visible virtio-mmio devices are limited on microvm.
+const MAX_SHARES: usize = 6;
+
+/// Where QEMU VMs of this host keep their per-VM files.
+pub fn state_root() -> PathBuf {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("gh-runner-microvm-qemu.{uid}"))
+}
+
+impl Qemu {
+    /// Check that QEMU is installed.
+    pub fn new(cfg: QemuConfig) -> Result<Qemu, BackendError> {
+        let binary = which::which("qemu-system-x86_64").map_err(|_| BackendError::Missing {
+            tool: "qemu-system-x86_64",
+            hint: "install QEMU (Debian/Ubuntu: apt-get install qemu-system-x86; Fedora: dnf install qemu-system-x86-core)",
+        })?;
+        let helper =
+            std::env::current_exe().map_err(|e| BackendError::Spawn("current_exe".into(), e))?;
+        let state = state_root();
+        protocol::safefs::ensure_private_dir(&state)
+            .map_err(|e| BackendError::Spawn(format!("mkdir {}", state.display()), e))?;
+        Ok(Qemu {
+            kvm: Default::default(),
+            cfg,
+            binary,
+            state,
+            helper,
+        })
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.state.join(name)
+    }
+
+    fn uses_kvm(&self) -> bool {
+        self.kvm.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The bundle's kernel, initramfs and (for `--oci` bundles) root disk.
+    fn bundle(
+        &self,
+        image: &Path,
+    ) -> Result<(PathBuf, PathBuf, Option<crate::image::oci::RootDisk>), BackendError> {
+        let info = BundleInfo::load(image).map_err(|e| BackendError::Image(image.into(), e))?;
+        let kernel = self
+            .cfg
+            .kernel
+            .clone()
+            .unwrap_or_else(|| image.join(&info.kernel));
+        if let Some(r) = &info.root {
+            if !r.disk.is_file() {
+                return Err(BackendError::Image(
+                    image.into(),
+                    format!(
+                        "its root disk {} is gone (pruned?); make the bundle again with `orchestrator image bundle --oci {}`",
+                        r.disk.display(),
+                        r.image
+                    ),
+                ));
+            }
+        }
+        Ok((kernel, image.join(&info.initrd), info.root))
+    }
+
+    /// Check the bundle and settle `--accel auto` (probing KVM with a real boot).
+    async fn prepare_bundle(&self, image: &str) -> Result<(), BackendError> {
+        let (kernel, initrd, _) = self.bundle(Path::new(image))?;
+        let kvm = match self.cfg.accel {
+            Accel::Tcg => false,
+            Accel::Kvm => true,
+            Accel::Auto => self.probe_kvm(&kernel, &initrd).await,
+        };
+        self.kvm.store(kvm, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Make the VM's state directory.
+    fn create_dir(&self, spec: &VmSpec) -> Result<(), BackendError> {
+        if spec.mounts.len() + usize::from(spec.env_dir.is_some()) > MAX_SHARES {
+            return Err(BackendError::Image(
+                spec.image.clone().into(),
+                format!("QEMU microvm takes at most {MAX_SHARES} shared directories (the loop directory, -M and -D)"),
+            ));
+        }
+        let (_, _, root) = self.bundle(Path::new(&spec.image))?;
+        let d = self.dir(&spec.name);
+        protocol::safefs::create_private_dir(&d)
+            .map_err(|e| BackendError::Spawn(format!("mkdir {}", d.display()), e))?;
+        if root.is_some() && self.cfg.scratch > 0 {
+            self.make_scratch(&spec.name)?;
+        }
+        Ok(())
+    }
+
+    /// Remove the VM's state and scratch disk (its process is gone or being killed).
+    fn remove(&self, name: &str) -> Result<(), BackendError> {
+        let scratch = self.scratch_path(name);
+        protocol::safefs::remove(&scratch)
+            .map_err(|e| BackendError::Spawn(format!("remove {}", scratch.display()), e))?;
+        protocol::safefs::remove(&self.dir(name))
+            .map_err(|e| BackendError::Spawn(format!("remove {}", self.dir(name).display()), e))
+    }
+
+    /// VMs with state or a scratch disk on this host.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.state)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Ok(rd) = std::fs::read_dir(scratch_root()) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if let Some(vm) = n.strip_suffix(".ext4") {
+                    if !names.iter().any(|x| x == vm) {
+                        names.push(vm.to_string());
+                    }
+                }
+            }
+        }
+        names
+    }
+}
+
+impl Hypervisor for Qemu {
+    fn runtime(&self) -> Runtime {
+        Runtime::Qemu
+    }
+
+    fn prepare<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(self.prepare_bundle(image))
+    }
+
+    fn create<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move { self.create_dir(spec) })
+    }
+
+    fn command(&self, spec: &VmSpec) -> Result<std::process::Command, BackendError> {
+        self.qemu_command(spec)
+    }
+
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move { self.remove(name) })
+    }
+
+    fn list<'a>(&'a self, _prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
+        Box::pin(async move { Ok(self.names()) })
+    }
+
+    fn describe_exit(&self, st: &std::process::ExitStatus) -> (bool, String) {
+        describe_exit(st)
+    }
+
+    fn guest_status(&self, st: &std::process::ExitStatus) -> Option<i32> {
+        guest_status(st)
+    }
+
+    fn boot_stalled(&self, name: &str, elapsed: Duration) -> bool {
+        Qemu::boot_stalled(self, name, elapsed)
+    }
+
+    fn console_tail(&self, name: &str) -> Option<String> {
+        Qemu::console_tail(self, name, 25)
+    }
+
+    fn powerdown<'a>(&'a self, name: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(Qemu::powerdown(self, name))
+    }
+}
+
+/// The status the guest reported through isa-debug-exit (QEMU exits `2 * s + 1`).
+pub fn guest_status(st: &std::process::ExitStatus) -> Option<i32> {
+    st.code().filter(|c| c % 2 == 1).map(|c| (c - 1) / 2)
+}
+
+/// What QEMU's exit status says about the guest.
+pub fn describe_exit(st: &std::process::ExitStatus) -> (bool, String) {
+    match st.code() {
+        Some(c) if c % 2 == 1 => {
+            let guest = (c - 1) / 2;
+            (guest == 0, format!("guest exit status {guest}"))
+        }
+        Some(0) => (true, "guest powered off".into()),
+        Some(c) => (false, format!("QEMU failed (exit status {c})")),
+        None => (false, format!("QEMU {st}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            describe_exit(&std::process::ExitStatus::from_raw(1 << 8)),
+            (true, "guest exit status 0".into())
+        );
+        assert_eq!(
+            describe_exit(&std::process::ExitStatus::from_raw(251 << 8)).1,
+            "guest exit status 125"
+        );
+    }
+}
