@@ -32,6 +32,8 @@ pub fn init(verbose: u8, file: Option<&Path>, who: &str) -> std::io::Result<()> 
                 .create(true)
                 .append(true)
                 .open(path)?;
+            // The final error goes to this file too (see `report`).
+            TO_FILE.store(true, std::sync::atomic::Ordering::Relaxed);
             let f = std::sync::Mutex::new(f);
             builder
                 .with_ansi(false)

@@ -109,6 +109,29 @@ fn invalid_values_exit_2_naming_the_option() {
 }
 
 #[test]
+fn the_final_error_reaches_the_log_file() {
+    let w = World::new();
+    for (bin, args, needle) in [
+        ("runner", &["-p", "o/r"][..], "RUNNER_PAT"),
+        ("orchestrator", &["-p", "a/b"][..], "-p/--prefix"),
+    ] {
+        let log = w.dir.path().join(format!("{bin}.log"));
+        cmd(&w, bin)
+            .args(args)
+            .arg("-l")
+            .arg(&log)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(needle));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            text.contains(needle) && text.contains("ERROR"),
+            "{bin}: {text:?}"
+        );
+    }
+}
+
+#[test]
 fn environment_and_dotenv_feed_options() {
     let w = World::new();
     // RUNNER_SCOPE from the environment is validated like -s.
