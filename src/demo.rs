@@ -29,6 +29,9 @@ pub enum DemoError {
     /// I/O.
     #[error("cannot {0}")]
     Io(String, #[source] std::io::Error),
+    /// The demo bundle cannot be made or used; the cause follows.
+    #[error("cannot make or use the demo bundle")]
+    Bundle(#[source] crate::image::ImageError),
 }
 
 /// What `orchestrator demo` is asked to do (from its command line).
@@ -174,7 +177,7 @@ fn demo_bundle(args: &DemoConfig) -> Result<PathBuf, DemoError> {
         entrypoint,
         out: out.clone(),
     };
-    crate::image::bundle(&inputs).map_err(|e| DemoError::Missing(e.to_string()))?;
+    crate::image::bundle(&inputs).map_err(DemoError::Bundle)?;
     Ok(out)
 }
 
@@ -252,7 +255,7 @@ pub fn run(args: DemoConfig, n: u32) -> Result<(), DemoError> {
     let tty = std::io::stderr().is_terminal();
     let bundle = match &args.bundle {
         Some(b) => {
-            crate::image::BundleInfo::load(b).map_err(DemoError::Missing)?;
+            crate::image::BundleInfo::load(b).map_err(DemoError::Bundle)?;
             b.clone()
         }
         None => demo_bundle(&args)?,

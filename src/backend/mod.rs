@@ -57,6 +57,9 @@ pub enum BackendError {
     /// The image (a QEMU bundle) is unusable.
     #[error("-i {0}: {1}")]
     Image(std::path::PathBuf, String),
+    /// The image is not a usable QEMU bundle; the cause follows.
+    #[error("-i {0}: not a usable QEMU bundle")]
+    Bundle(std::path::PathBuf, #[source] crate::image::ImageError),
 }
 
 /// One hypervisor. Methods with a default are capabilities some backends lack.

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{bad, BundleInfo, ImageError, Initrd, GUEST_MODULES};
+use super::initrd::Initrd;
+use super::modules::{modules_release, resolve_modules, write_modules, ModulesError};
+use super::{bad, BundleInfo, ImageError, GUEST_MODULES};
 
 /// Modules stage 1 needs beyond the guest's usual ones: the disk and its file system.
 pub const DISK_MODULES: &[&str] = &["virtio_blk", "crc32c_generic", "ext4"];
@@ -187,11 +189,11 @@ mkfs.ext4 -q -F -L ghrm-root -O ^has_journal -m 0 -N "$(( files + files / 4 + 40
 
 /// Build a root-disk bundle from an OCI image.
 pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
-    let kernel = super::read_kernel(&inp.kernel)?;
-    let (root, release) = super::modules_release(&inp.modules)?;
+    let kernel = super::elf::read_kernel(&inp.kernel)?;
+    let (root, release) = modules_release(&inp.modules)?;
     let wanted: Vec<&str> = GUEST_MODULES.iter().chain(DISK_MODULES).copied().collect();
-    let modules = super::resolve_modules(&root, &wanted)?;
-    let entrypoint = super::read_static_elf("--entrypoint", &inp.entrypoint)?;
+    let modules = resolve_modules(&root, &wanted)?;
+    let entrypoint = super::elf::read_static_elf("--entrypoint", &inp.entrypoint)?;
     buildah()?;
     let image = Path::new(&inp.image);
 
@@ -282,9 +284,9 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
     }
     c.file(protocol::init::IMAGE_ENV, 0o644, 0, 0, env.as_bytes())
         .map_err(w)?;
-    super::write_modules(c, &root, &release, &modules).map_err(|e| match e {
-        super::ModulesError::Read(p, e) => bad("--modules", &p, e.to_string()),
-        super::ModulesError::Write(e) => w(e),
+    write_modules(c, &root, &release, &modules).map_err(|e| match e {
+        ModulesError::Read(p, e) => super::unreadable("--modules", &p)(e),
+        ModulesError::Write(e) => w(e),
     })?;
     let info = BundleInfo {
         format: 1,
@@ -392,7 +394,7 @@ pub fn prune(all: bool) -> Result<Pruned, ImageError> {
             }
         }
     }
-    for b in super::recorded_bundles() {
+    for b in super::registry::recorded_bundles() {
         // Only directories that still are bundles, and only the files a bundle has:
         // anything else put there stays (and so does the directory).
         if BundleInfo::load(&b).is_ok() {
@@ -407,6 +409,6 @@ pub fn prune(all: bool) -> Result<Pruned, ImageError> {
             p.paths.push(b);
         }
     }
-    super::forget_bundles();
+    super::registry::forget_bundles();
     Ok(p)
 }

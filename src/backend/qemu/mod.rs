@@ -117,7 +117,7 @@ impl Qemu {
         &self,
         image: &Path,
     ) -> Result<(PathBuf, PathBuf, Option<crate::image::oci::RootDisk>), BackendError> {
-        let info = BundleInfo::load(image).map_err(|e| BackendError::Image(image.into(), e))?;
+        let info = BundleInfo::load(image).map_err(|e| BackendError::Bundle(image.into(), e))?;
         let kernel = self
             .cfg
             .kernel
