@@ -2,16 +2,22 @@
 //! The embedded local forge plays GitHub (queue of K jobs), a demo bundle (Debian
 //! kernel + busybox-static + the fake actions runner) boots in QEMU microVMs, N
 //! loops run the jobs; live progress, then a per-phase timing table.
+//! This file runs the demo; the bundle and the measurements have their rooms.
+
+mod bundle;
+mod report;
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::hosttool;
 use crate::localforge::{JobStatus, LocalForge};
-use crate::types::paths::{beside_me, cache_dir};
+use crate::types::paths::cache_dir;
+use bundle::demo_bundle;
+use report::{log_values, rss_by_program, stats};
 
 const PAT: &str = "demo-pat-not-a-secret";
 const REPO: &str = "demo/hello";
@@ -53,201 +59,6 @@ pub struct DemoConfig {
     pub bundle: Option<PathBuf>,
     /// Also print the table as one JSON line.
     pub json: bool,
-}
-
-fn sh(cmd: &mut Command, what: &str) -> Result<String, DemoError> {
-    let out =
-        hosttool::output(cmd).map_err(|e| DemoError::Missing(format!("cannot {what}: {e}")))?;
-    if !out.status.success() {
-        return Err(DemoError::Missing(format!(
-            "cannot {what}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// `apt-get download PKG` unpacked into the cache (shared with scripts/fetch-kernel.sh).
-fn apt_unpack(pkg: &str, into: &Path) -> Result<PathBuf, DemoError> {
-    let dir = into.join(pkg);
-    if dir.join(".complete").exists() {
-        return Ok(dir);
-    }
-    let hint = "the demo fetches a kernel and busybox with apt-get (Debian/Ubuntu); elsewhere give --kernel, --modules and --busybox";
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| DemoError::Io(format!("create {}", dir.display()), e))?;
-    eprintln!("demo: fetching {pkg} with apt-get download …");
-    sh(
-        hosttool::command("apt-get")
-            .args(["download", "-q", pkg])
-            .current_dir(&dir),
-        &format!("download {pkg} ({hint})"),
-    )?;
-    let deb = std::fs::read_dir(&dir)
-        .map_err(|e| DemoError::Io(format!("read {}", dir.display()), e))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| {
-            DemoError::Missing(format!("apt-get download {pkg} produced no .deb ({hint})"))
-        })?;
-    sh(
-        hosttool::command("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(dir.join("root")),
-        &format!("unpack {pkg}"),
-    )?;
-    let _ = std::fs::remove_file(&deb);
-    let _ = std::fs::write(dir.join(".complete"), "");
-    Ok(dir)
-}
-
-fn newest_kernel_package() -> Result<String, DemoError> {
-    let out = sh(
-        hosttool::command("apt-cache").args([
-            "search",
-            "--names-only",
-            "^linux-image-[0-9].*-amd64-unsigned$",
-        ]),
-        "search apt for a kernel",
-    )?;
-    let mut pkgs: Vec<String> = out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|p| !p.contains("cloud") && !p.contains("-rt-"))
-        .map(str::to_string)
-        .collect();
-    pkgs.sort_by(|a, b| protocol::version::compare(a, b));
-    pkgs.iter()
-        .rev()
-        .find(|p| p.starts_with("linux-image-6.1."))
-        .or(pkgs.last())
-        .cloned()
-        .ok_or_else(|| DemoError::Missing("apt knows no linux-image-*-amd64-unsigned package: run apt-get update, or give --kernel and --modules".into()))
-}
-
-/// Build (or reuse) the demo bundle.
-fn demo_bundle(args: &DemoConfig) -> Result<PathBuf, DemoError> {
-    let me = |n: &str| {
-        beside_me(n).ok_or_else(|| {
-            DemoError::Missing(format!(
-                "no {n} beside this executable: build with scripts/build.sh"
-            ))
-        })
-    };
-    let entrypoint = me("entrypoint")?;
-    let listener = me("fake-runner-listener")?;
-    let cache = cache_dir();
-    let (kernel, modules) = match (&args.kernel, &args.modules) {
-        (Some(k), Some(m)) => (k.clone(), m.clone()),
-        _ => {
-            let dir = apt_unpack(&newest_kernel_package()?, &cache.join("kernel"))?;
-            let root = dir.join("root");
-            let version = std::fs::read_dir(root.join("lib/modules"))
-                .ok()
-                .and_then(|mut rd| rd.next())
-                .and_then(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .ok_or_else(|| DemoError::Missing(format!("{} has no modules", dir.display())))?;
-            (
-                root.join(format!("boot/vmlinuz-{version}")),
-                root.join(format!("lib/modules/{version}")),
-            )
-        }
-    };
-    let busybox = match &args.busybox {
-        Some(b) => b.clone(),
-        None => {
-            let dir = apt_unpack("busybox-static", &cache.join("pkg"))?;
-            dir.join("root/bin/busybox")
-        }
-    };
-    let out = cache.join("demo/bundle");
-    let work =
-        tempfile::tempdir().map_err(|e| DemoError::Io("create a temporary directory".into(), e))?;
-    let tgz = crate::image::fake_runner_tarball(&listener, work.path(), "2.330.0")
-        .map_err(|e| DemoError::Io("pack the fake actions runner".into(), e))?;
-    let inputs = crate::image::BundleInputs {
-        kernel,
-        modules,
-        busybox,
-        runner_tarball: tgz,
-        entrypoint,
-        out: out.clone(),
-    };
-    crate::image::bundle(&inputs).map_err(DemoError::Bundle)?;
-    Ok(out)
-}
-
-/// Resident set sizes (KiB) of `root` and its descendants, grouped by program name.
-fn rss_by_program(root: u32) -> BTreeMap<String, u64> {
-    let mut parent = BTreeMap::new();
-    let mut info = BTreeMap::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        let field = |k: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(|v| v.trim().to_string())
-        };
-        let ppid = field("PPid:")
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0);
-        let rss = field("VmRSS:")
-            .and_then(|v| {
-                v.split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse::<u64>().ok())
-            })
-            .unwrap_or(0);
-        let name = field("Name:").unwrap_or_default();
-        parent.insert(pid, ppid);
-        info.insert(pid, (name, rss));
-    }
-    let mut out = BTreeMap::new();
-    for (pid, (name, rss)) in &info {
-        let mut p = *pid;
-        let mut hops = 0;
-        while p != root && p > 1 && hops < 64 {
-            p = parent.get(&p).copied().unwrap_or(0);
-            hops += 1;
-        }
-        if p == root {
-            let e = out.entry(name.clone()).or_insert(0u64);
-            *e = (*e).max(*rss);
-        }
-    }
-    out
-}
-
-fn stats(mut v: Vec<f64>) -> Option<(usize, f64, f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    Some((v.len(), at(0.5), at(0.9), v[v.len() - 1]))
-}
-
-fn log_values(log: &str, key: &str) -> Vec<f64> {
-    let k = format!("{key}=");
-    log.lines()
-        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix(&k)))
-        .filter_map(|v| {
-            v.trim_end_matches(|c: char| !c.is_ascii_digit())
-                .parse::<f64>()
-                .ok()
-        })
-        .map(|ms| ms / 1000.0)
-        .collect()
 }
 
 /// Run the demo with `n` loops.
