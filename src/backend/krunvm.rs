@@ -2,8 +2,9 @@
 //! `buildah unshare` so that rootless buildah mounts and volume bind mounts work.
 //! Only krunvm's argv and list format live here; spawning is `Backend`'s.
 
-use super::{need, output, pull_if_missing, BackendError, BoxFuture, Hypervisor, Registration};
-use crate::hosttool;
+use super::{
+    argv_command, need, output, pull_if_missing, BackendError, BoxFuture, Hypervisor, Registration,
+};
 use crate::types::runtime::Runtime;
 use crate::types::vm::VmSpec;
 
@@ -44,10 +45,7 @@ impl Hypervisor for Krunvm {
     }
 
     fn command(&self, spec: &VmSpec) -> Result<std::process::Command, BackendError> {
-        let (program, args) = start_argv(spec);
-        let mut cmd = hosttool::command(program);
-        cmd.args(args);
-        Ok(cmd)
+        Ok(argv_command(start_argv(spec)))
     }
 
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {

@@ -228,6 +228,13 @@ impl Backend {
     }
 }
 
+/// A VM process from a pinned `(program, argv)`, through [`hosttool::command`].
+fn argv_command((program, args): (&str, Vec<String>)) -> std::process::Command {
+    let mut cmd = hosttool::command(program);
+    cmd.args(args);
+    cmd
+}
+
 /// How to install the tools backends run.
 const HINTS: &[(&str, &str)] = &[
     (

@@ -2,7 +2,8 @@
 //! Only podman's argv lives here; spawning and killing are `Backend`'s.
 
 use super::{
-    missing, need, output, pull_if_missing, BackendError, BoxFuture, Hypervisor, Registration,
+    argv_command, missing, need, output, pull_if_missing, BackendError, BoxFuture, Hypervisor,
+    Registration,
 };
 use crate::hosttool;
 use crate::types::runtime::Runtime;
@@ -50,10 +51,7 @@ impl Hypervisor for Podman {
     }
 
     fn command(&self, spec: &VmSpec) -> Result<std::process::Command, BackendError> {
-        let (program, args) = run_argv(spec);
-        let mut cmd = hosttool::command(program);
-        cmd.args(args);
-        Ok(cmd)
+        Ok(argv_command(run_argv(spec)))
     }
 
     /// conmon detaches from the process group: remove the container itself.

@@ -40,6 +40,17 @@ impl Initrd {
         Ok(initrd)
     }
 
+    /// Root-owned directories (mode 0755), in this order.
+    pub(super) fn dirs(&mut self, dirs: &[&str]) -> Result<(), ImageError> {
+        let path = self.path.clone();
+        let c = self.cpio();
+        for d in dirs {
+            c.dir(d, 0o755, 0, 0)
+                .map_err(|e| ImageError::Write(path.clone(), e))?;
+        }
+        Ok(())
+    }
+
     /// The archive (until `commit`).
     pub(super) fn cpio(&mut self) -> &mut Cpio<std::io::BufWriter<std::fs::File>> {
         self.cpio

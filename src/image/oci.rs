@@ -260,10 +260,7 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
     // Stage 1.
     let out = &inp.out;
     let mut initrd = Initrd::create(out)?;
-    let initrd_path = initrd.path.clone();
-    let c = initrd.cpio();
-    let w = |e| ImageError::Write(initrd_path.clone(), e);
-    for d in [
+    initrd.dirs(&[
         "/etc",
         "/etc/gh-runner-microvm",
         "/proc",
@@ -271,9 +268,10 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
         "/newroot",
         "/lib",
         "/lib/modules",
-    ] {
-        c.dir(d, 0o755, 0, 0).map_err(w)?;
-    }
+    ])?;
+    let initrd_path = initrd.path.clone();
+    let c = initrd.cpio();
+    let w = |e| ImageError::Write(initrd_path.clone(), e);
     c.file("/init", 0o755, 0, 0, &entrypoint).map_err(w)?;
     let mut env = String::new();
     for kv in meta.oci.config.env.iter().flatten() {

@@ -76,10 +76,7 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
 
     let out = &inp.out;
     let mut initrd = Initrd::create(out)?;
-    let initrd_path = initrd.path.clone();
-    let c = initrd.cpio();
-    let w = |e| ImageError::Write(initrd_path.clone(), e);
-    for d in [
+    initrd.dirs(&[
         "/bin",
         "/etc",
         "/etc/gh-runner-microvm",
@@ -98,9 +95,10 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
         "/usr/bin",
         "/sbin",
         "/home",
-    ] {
-        c.dir(d, 0o755, 0, 0).map_err(w)?;
-    }
+    ])?;
+    let initrd_path = initrd.path.clone();
+    let c = initrd.cpio();
+    let w = |e| ImageError::Write(initrd_path.clone(), e);
     c.dir("/tmp", 0o1777, 0, 0).map_err(w)?;
     c.dir("/home/runner", 0o755, RUNNER_UID, RUNNER_UID)
         .map_err(w)?;
