@@ -24,7 +24,6 @@ pub mod cmdline;
 pub mod console;
 pub mod envfile;
 pub mod exit;
-pub mod init;
 pub mod safefs;
 pub mod secret;
 pub mod version;

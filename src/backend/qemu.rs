@@ -288,7 +288,7 @@ impl Qemu {
             .map_err(|e| BackendError::Spawn(format!("create {}", path.display()), e))?;
         drop(f);
         let out = std::process::Command::new(mkfs_ext4())
-            .args(["-q", "-F", "-L", protocol::init::SCRATCH_LABEL])
+            .args(["-q", "-F", "-L", protocol::bundle::SCRATCH_LABEL])
             .args(["-O", "^has_journal", "-m", "0", "-E", "lazy_itable_init=1"])
             .arg(&path)
             .stdin(std::process::Stdio::null())
@@ -406,7 +406,7 @@ impl Qemu {
             // it outlives the VM, even a SIGKILLed one.
             cmdline.push_str(&format!(
                 " ghrm.root={} ghrm.init={}",
-                protocol::init::ROOT_LABEL,
+                protocol::bundle::ROOT_LABEL,
                 r.init
             ));
             push(&[

@@ -291,7 +291,7 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
             env.push('\n');
         }
     }
-    c.file(protocol::init::IMAGE_ENV, 0o644, 0, 0, env.as_bytes())
+    c.file(protocol::bundle::IMAGE_ENV, 0o644, 0, 0, env.as_bytes())
         .map_err(w)?;
     super::write_modules(c, &root, &release, &modules).map_err(|e| match e {
         super::ModulesError::Read(p, e) => bad("--modules", &p, e.to_string()),
