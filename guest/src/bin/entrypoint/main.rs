@@ -106,9 +106,10 @@ fn run(buttons: Vec<std::os::fd::OwnedFd>) -> Result<u8, Failure> {
     let status = sup.wait(&signals, &buttons, &mut watcher)?;
     if status == exit::RUNNER_DEPRECATED && args.command.is_empty() {
         log!(
-            "error: GitHub refused this actions runner as deprecated (Runner.Listener exit 7): \
+            "error: GitHub refused this actions runner as deprecated (Runner.Listener exit {}): \
              rebuild the image with a current RUNNER_VERSION (Containerfile; the runner-pin \
-             workflow keeps it current)"
+             workflow keeps it current)",
+            exit::RUNNER_DEPRECATED
         );
     }
     if sup.stopped() {
