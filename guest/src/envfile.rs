@@ -1,4 +1,5 @@
-//! The `<id>.env` file: what the host tells the guest about one VM.
+//! The `<id>.env` file: what the host tells the guest about one VM, written and read here.
+//! Format and validation only: reading it off hostile ground is [`crate::safefs`]'s job.
 //!
 //! dotenv format, one `KEY='value'` per line. Single quotes mean no escapes and
 //! no `$` expansion, so a value may not contain `'`, a newline or NUL; the host

@@ -1,5 +1,10 @@
-//! The host↔guest protocol of gh-runner-microvm, shared by the host (`runner`,
-//! `orchestrator`) and the guest (`entrypoint`).
+//! The host↔guest protocol of gh-runner-microvm, written and read by the same code on
+//! both sides; plain types and checks only: no PID-1 duties, no process, no async.
+//!
+//! Shared by the host (`runner`, `orchestrator`) and the guest (`entrypoint`): the
+//! loop directory's files (here, [`envfile`], [`safefs`], [`secret`]), the kernel
+//! command line ([`cmdline`]), the console marker ([`console`]), the exit statuses
+//! ([`exit`]), and the layout of QEMU bundles ([`bundle`]).
 //!
 //! The contract (design.md §3) is a handful of files in one directory per runner
 //! loop, seen by the guest as `/_environment`:
@@ -14,8 +19,11 @@
 //! The directory is writable by whatever runs in the guest, so everything in it is
 //! hostile input: [`safefs`] never follows a link, never blocks, and reads little.
 
+pub mod bundle;
+pub mod cmdline;
+pub mod console;
 pub mod envfile;
-pub mod init;
+pub mod exit;
 pub mod safefs;
 pub mod secret;
 pub mod version;

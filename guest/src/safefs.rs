@@ -1,4 +1,5 @@
-//! File operations on hostile ground (design.md §3).
+//! File operations on hostile ground (design.md §3): the only way either side touches
+//! the loop directory. It must never follow a link, block on a read, or read much.
 //!
 //! Whatever runs in the guest can be root and can create anything in the loop
 //! directory: a symlink named `<id>.trm` that points at a host file, a FIFO named

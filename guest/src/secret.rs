@@ -1,4 +1,5 @@
 //! Per-VM secrets: generation from the OS CSPRNG and constant-time comparison.
+//! It never logs or stores a secret, and no secret is compared any other way.
 
 use subtle::ConstantTimeEq;
 

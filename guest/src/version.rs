@@ -1,4 +1,5 @@
-//! Version sort of `runner-<version>` directory names.
+//! Version sort of `runner-<version>` directory names, and the newest one under a root.
+//! It only lists and compares: running the runner is the entrypoint's.
 
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};

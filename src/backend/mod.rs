@@ -57,6 +57,13 @@ pub enum BackendError {
     /// The image (a QEMU bundle) is unusable.
     #[error("-i {0}: {1}")]
     Image(std::path::PathBuf, String),
+    /// A value cannot travel on the guest's kernel command line (a space or quote
+    /// would split its word).
+    #[error("-i {0}: this VM's configuration cannot go on the guest's kernel command line")]
+    Cmdline(
+        std::path::PathBuf,
+        #[source] protocol::cmdline::CmdlineError,
+    ),
     /// The image is not a usable QEMU bundle; the cause follows.
     #[error("-i {0}: not a usable QEMU bundle")]
     Bundle(std::path::PathBuf, #[source] crate::image::ImageError),

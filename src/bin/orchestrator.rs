@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use ghrm::cli::{verbosity, OrchestratorCli};
 use ghrm::logging;
+use protocol::exit;
 
 fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
@@ -12,13 +13,17 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::ENDED
+            });
         }
     };
     let verbose = verbosity(cli.verbose, "ORCHESTRATOR_VERBOSE");
     if let Err(e) = logging::init(verbose, cli.log.as_deref(), "orchestrator") {
         eprintln!("orchestrator: error: cannot open the log file given with -l: {e}");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::USAGE);
     }
     if let Some(command) = cli.command {
         let run = ghrm::cli::subcommand(command)

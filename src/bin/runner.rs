@@ -6,6 +6,7 @@ use clap::Parser;
 use ghrm::cli::{runner_config, verbosity, RunnerCli};
 use ghrm::logging;
 use ghrm::runner::{stop_on_signals, Loop, RunnerError};
+use protocol::exit;
 
 fn main() -> ExitCode {
     // Hidden helper of QEMU `--net-forward`: one process per guest connection.
@@ -15,9 +16,9 @@ fn main() -> ExitCode {
             Some(Ok(())) => ExitCode::SUCCESS,
             Some(Err(e)) => {
                 eprintln!("runner --net-connect: {e}");
-                ExitCode::from(1)
+                ExitCode::from(exit::FAILED)
             }
-            None => ExitCode::from(2),
+            None => ExitCode::from(exit::USAGE),
         };
     }
     // A .env in the working directory fills in what neither command line nor environment set.
@@ -26,7 +27,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::ENDED
+            });
         }
     };
     let verbose = verbosity(cli.opts.verbose, "RUNNER_VERBOSE");
@@ -34,7 +39,7 @@ fn main() -> ExitCode {
     let who = format!("runner {loop_no}");
     if let Err(e) = logging::init(verbose, cli.opts.log.as_deref(), &who) {
         eprintln!("{who}: error: cannot open the log file given with -l: {e}");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::USAGE);
     }
     let result = runner_config(
         &cli.opts,

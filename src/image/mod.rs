@@ -22,18 +22,6 @@ use serde::{Deserialize, Serialize};
 pub use modules::resolve_modules;
 pub use parts::{bundle, fake_runner_tarball, runner_version, BundleInputs};
 
-/// Modules the guest loads, by name; dependencies are added from `modules.dep`.
-pub const GUEST_MODULES: &[&str] = &[
-    "virtio_mmio",
-    "virtio_net",
-    "9pnet_virtio",
-    "9p",
-    "evdev",
-    "button",
-];
-
-/// Inside the initramfs: the module load order, one path per line.
-pub const MODULE_LIST: &str = "/etc/gh-runner-microvm/modules";
 /// uid/gid of the `runner` user (as on GitHub's runners).
 pub const RUNNER_UID: u32 = 1001;
 

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::cpio::Cpio;
-use super::{bad, unreadable, ImageError, MODULE_LIST};
+use protocol::bundle::MODULE_LIST;
+
+use super::{bad, unreadable, ImageError};
 
 /// Is `dir` a `/lib/modules/<version>` directory?
 fn is_version_dir(dir: &Path) -> bool {

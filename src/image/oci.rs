@@ -19,10 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::initrd::Initrd;
 use super::modules::{modules_release, resolve_modules, write_modules, ModulesError};
-use super::{bad, BundleInfo, ImageError, GUEST_MODULES};
+use protocol::bundle::{DISK_MODULES, ETC_DIR, GUEST_MODULES, ROOT_LABEL};
 
-/// Modules stage 1 needs beyond the guest's usual ones: the disk and its file system.
-pub const DISK_MODULES: &[&str] = &["virtio_blk", "crc32c_generic", "ext4"];
+use super::{bad, BundleInfo, ImageError};
 
 /// Label of the images this project builds (the `Containerfile` sets it);
 /// `image prune` removes images carrying it.
@@ -139,7 +138,7 @@ impl Drop for WorkingContainer {
 }
 
 /// Turn the image's file system (`image`: its id) into `dest` (raw ext4, label
-/// `ghrm-root`).
+/// `protocol::bundle::ROOT_LABEL`).
 /// Runs in `buildah unshare`: rootless buildah can mount a container only in its
 /// user namespace, where the image's owners (and setuid bits) are what mkfs sees.
 fn convert(image: &str, dest: &Path) -> Result<(), String> {
@@ -165,7 +164,7 @@ trap 'buildah umount "$1" >/dev/null' EXIT
 kib=$(du -sxk "$mnt" | cut -f1)
 files=$(find "$mnt" -xdev | wc -l)
 truncate -s "$(( (kib + kib / 4 + 65536) / 4 * 4 ))K" "$2"
-mkfs.ext4 -q -F -L ghrm-root -O ^has_journal -m 0 -N "$(( files + files / 4 + 4096 ))" -d "$mnt" "$2"
+mkfs.ext4 -q -F -L "$3" -O ^has_journal -m 0 -N "$(( files + files / 4 + 4096 ))" -d "$mnt" "$2"
 "#;
     // Root needs no user namespace (and `buildah unshare` as root without subuid
     // ranges fails).
@@ -176,7 +175,9 @@ mkfs.ext4 -q -F -L ghrm-root -O ^has_journal -m 0 -N "$(( files + files / 4 + 40
         c.args(["unshare", "--", "sh"]);
         c
     };
-    cmd.args(["-c", SCRIPT, "sh", &name]).arg(dest);
+    cmd.args(["-c", SCRIPT, "sh", &name])
+        .arg(dest)
+        .arg(ROOT_LABEL);
     let out = hosttool::output(&mut cmd).map_err(|e| format!("buildah unshare: {e}"))?;
     if !out.status.success() {
         return Err(format!(
@@ -262,7 +263,7 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
     let mut initrd = Initrd::create(out)?;
     initrd.dirs(&[
         "/etc",
-        "/etc/gh-runner-microvm",
+        ETC_DIR,
         "/proc",
         "/sys",
         "/newroot",
@@ -280,7 +281,7 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
             env.push('\n');
         }
     }
-    c.file(protocol::init::IMAGE_ENV, 0o644, 0, 0, env.as_bytes())
+    c.file(protocol::bundle::IMAGE_ENV, 0o644, 0, 0, env.as_bytes())
         .map_err(w)?;
     write_modules(c, &root, &release, &modules).map_err(|e| match e {
         ModulesError::Read(p, e) => super::unreadable("--modules", &p)(e),

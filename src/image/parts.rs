@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use super::elf::{read_kernel, read_static_elf};
 use super::initrd::Initrd;
 use super::modules::{modules_release, resolve_modules, write_modules, ModulesError};
-use super::{bad, unreadable, BundleInfo, ImageError, GUEST_MODULES, RUNNER_UID};
+use protocol::bundle::{ETC_DIR, GUEST_MODULES};
+
+use super::{bad, unreadable, BundleInfo, ImageError, RUNNER_UID};
 
 /// What `image bundle` takes.
 #[derive(Debug, Clone)]
@@ -79,7 +81,7 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
     initrd.dirs(&[
         "/bin",
         "/etc",
-        "/etc/gh-runner-microvm",
+        ETC_DIR,
         "/proc",
         "/sys",
         "/run",

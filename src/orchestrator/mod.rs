@@ -103,8 +103,8 @@ impl OrchestratorError {
     /// The documented exit status.
     pub fn exit_code(&self) -> u8 {
         match self {
-            OrchestratorError::Usage(_) | OrchestratorError::ImageInput(_) => 2,
-            _ => 1,
+            OrchestratorError::Usage(_) | OrchestratorError::ImageInput(_) => protocol::exit::USAGE,
+            _ => protocol::exit::FAILED,
         }
     }
 }

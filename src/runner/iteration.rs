@@ -29,10 +29,6 @@ pub(super) struct Iteration {
     pub(super) deprecated: bool,
 }
 
-/// The guest's status when GitHub refused its actions runner as deprecated
-/// (`Runner.Listener` exit 7, passed on by the entrypoint).
-const RUNNER_VERSION_DEPRECATED: i32 = 7;
-
 impl Loop {
     pub(super) async fn iteration(&mut self) -> Result<Iteration, RunnerError> {
         let (id, registration, runner_id) = self.mint().await?;
@@ -243,7 +239,7 @@ impl Loop {
         });
         let deprecated = !drained
             && status.as_ref().and_then(|st| self.backend.guest_status(st))
-                == Some(RUNNER_VERSION_DEPRECATED);
+                == Some(i32::from(protocol::exit::RUNNER_DEPRECATED));
         Ok(Iteration {
             ready,
             end,

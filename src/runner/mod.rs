@@ -63,8 +63,8 @@ impl RunnerError {
     /// The documented exit status.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunnerError::Config(_) | RunnerError::RunnerDeprecated { .. } => 2,
-            _ => 1,
+            RunnerError::Config(_) | RunnerError::RunnerDeprecated { .. } => protocol::exit::USAGE,
+            _ => protocol::exit::FAILED,
         }
     }
 }

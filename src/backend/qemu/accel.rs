@@ -5,6 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use protocol::cmdline::Cmdline;
+use protocol::exit::{self, QemuExit};
+
 use super::Qemu;
 use crate::hosttool;
 
@@ -58,14 +61,16 @@ impl Qemu {
         cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
         cmd.args([
             "-append",
-            "console=ttyS0 panic=-1 ghrm.probe=1",
+            &format!("console=ttyS0 panic=-1 {}", probe_words()),
             "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            exit::DEBUG_EXIT_DEVICE,
         ]);
         let ok = match tokio::time::timeout(Duration::from_secs(20), hosttool::output_async(cmd))
             .await
         {
-            Ok(Ok(out)) if out.status.code() == Some(1) => true,
+            Ok(Ok(out)) if QemuExit::decode(out.status.code()) == QemuExit::Guest(exit::ENDED) => {
+                true
+            }
             Ok(Ok(out)) => {
                 tracing::debug!(
                     "the KVM probe guest ended with {}: {}",
@@ -86,6 +91,16 @@ impl Qemu {
         remember(&cache, &key, if ok { "kvm" } else { "tcg" });
         ok
     }
+}
+
+/// `ghrm.probe=1`: the guest powers off as soon as its init runs.
+fn probe_words() -> String {
+    Cmdline {
+        probe: true,
+        ..Cmdline::default()
+    }
+    .render()
+    .unwrap_or_else(|_| unreachable!("a probe command line has no values to refuse"))
 }
 
 /// The probe's remembered answer for `key` (`<qemu>|<kernel>`).
@@ -147,6 +162,11 @@ pub(super) fn host_tsc_khz() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_probe_boots_with_the_probe_word() {
+        assert_eq!(probe_words(), "ghrm.probe=1");
+    }
 
     #[test]
     fn the_probe_cache_is_replaced_whole() {

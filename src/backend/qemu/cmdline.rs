@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use protocol::cmdline::{self, Cmdline, Share};
+use protocol::exit;
+
 use super::accel::host_tsc_khz;
 use super::net::NetMode;
 use super::{BackendError, Qemu};
@@ -71,7 +74,7 @@ impl Qemu {
             "-initrd",
             &initrd.display().to_string(),
         ]);
-        let mut cmdline = format!("console=ttyS0 panic=-1 ghrm.net=1 ghrm.dns={}", spec.dns);
+        let mut cmdline = "console=ttyS0 panic=-1".to_string();
         // Under TCG the guest's TSC runs at the host's rate, and the kernel's calibration
         // against the emulated PIT fails often on a loaded (or nested) host, after which the
         // boot hangs ("tsc: Unable to calibrate against PIT"). Tell it the rate instead.
@@ -80,6 +83,13 @@ impl Qemu {
                 cmdline.push_str(&format!(" tsc_early_khz={khz}"));
             }
         }
+        // The ghrm.* words the guest reads (protocol::cmdline, written and parsed by
+        // the same code).
+        let mut ghrm = Cmdline {
+            net: true,
+            dns: Some(spec.dns.clone()),
+            ..Cmdline::default()
+        };
         let mut shares = vec![];
         if let Some(env) = &spec.env_dir {
             shares.push((
@@ -97,7 +107,10 @@ impl Qemu {
             shares.push((format!("m{i}"), m.host.clone(), m.guest.clone(), ro));
         }
         for (tag, host, guest, ro) in &shares {
-            cmdline.push_str(&format!(" ghrm.mount={tag}:{guest}"));
+            ghrm.mounts.push(Share {
+                tag: tag.clone(),
+                path: guest.clone(),
+            });
             let ro = if *ro { ",readonly=on" } else { "" };
             push(&[
                 "-fsdev",
@@ -115,11 +128,8 @@ impl Qemu {
             // The image's disk, read-only, behind a per-VM copy-on-write overlay that
             // QEMU creates in its TMPDIR (/var/tmp) and unlinks at once: nothing of
             // it outlives the VM, even a SIGKILLed one.
-            cmdline.push_str(&format!(
-                " ghrm.root={} ghrm.init={}",
-                protocol::init::ROOT_LABEL,
-                r.init
-            ));
+            ghrm.root = Some(protocol::bundle::ROOT_LABEL.into());
+            ghrm.init = Some(r.init.clone());
             push(&[
                 "-drive",
                 &format!(
@@ -148,9 +158,15 @@ impl Qemu {
             .map(|r| r.init.as_str())
             .unwrap_or(protocol::IMAGE_ENTRYPOINT);
         if spec.entrypoint != image_init && spec.entrypoint != protocol::IMAGE_ENTRYPOINT {
-            cmdline.push_str(&format!(" ghrm.exec={}", spec.entrypoint));
+            ghrm.exec = Some(spec.entrypoint.clone());
         }
-        cmdline.push_str(" --");
+        let words = ghrm
+            .render()
+            .map_err(|e| BackendError::Cmdline(spec.image.clone().into(), e))?;
+        cmdline.push(' ');
+        cmdline.push_str(&words);
+        cmdline.push(' ');
+        cmdline.push_str(cmdline::END);
         for arg in &spec.args {
             cmdline.push(' ');
             cmdline.push_str(arg);
@@ -181,7 +197,7 @@ impl Qemu {
             ));
         }
         push(&["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0"]);
-        push(&["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        push(&["-device", exit::DEBUG_EXIT_DEVICE]);
         push(&[
             "-serial",
             &format!("file:{}", d.join("console.log").display()),

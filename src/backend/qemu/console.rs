@@ -19,7 +19,7 @@ impl Qemu {
         };
         elapsed >= limit
             && !std::fs::read(self.console_path(name))
-                .is_ok_and(|c| c.windows(11).any(|w| w == b"entrypoint:"))
+                .is_ok_and(|c| protocol::console::shows_entrypoint(&c))
     }
 
     /// The VM's console log.

@@ -2,7 +2,7 @@
 //! directory over virtio-9p (`security_model=mapped-xattr`: a guest's symlinks and
 //! FIFOs land on the host as regular files), user networking (optionally
 //! `restrict=on` with explicit forwards), the console in a per-VM log file, QMP,
-//! and the guest's exit status through isa-debug-exit (QEMU exits `2 * status + 1`).
+//! and the guest's exit status through isa-debug-exit (`protocol::exit::QemuExit`).
 //!
 //! This file owns the loop's QEMU settings, the bundle, the VM's state directory
 //! and the [`Hypervisor`] implementation; each concern beyond that has its room.
@@ -20,6 +20,8 @@ use std::time::Duration;
 pub use accel::Accel;
 pub use net::{net_connect, Forward, NetMode};
 use scratch::scratch_root;
+
+use protocol::exit::{self, QemuExit};
 
 use super::{BackendError, BoxFuture, Hypervisor, Registration};
 use crate::image::BundleInfo;
@@ -248,19 +250,16 @@ impl Hypervisor for Qemu {
 
 /// The status the guest reported through isa-debug-exit (QEMU exits `2 * s + 1`).
 pub fn guest_status(st: &std::process::ExitStatus) -> Option<i32> {
-    st.code().filter(|c| c % 2 == 1).map(|c| (c - 1) / 2)
+    QemuExit::decode(st.code()).guest().map(i32::from)
 }
 
 /// What QEMU's exit status says about the guest.
 pub fn describe_exit(st: &std::process::ExitStatus) -> (bool, String) {
-    match st.code() {
-        Some(c) if c % 2 == 1 => {
-            let guest = (c - 1) / 2;
-            (guest == 0, format!("guest exit status {guest}"))
-        }
-        Some(0) => (true, "guest powered off".into()),
-        Some(c) => (false, format!("QEMU failed (exit status {c})")),
-        None => (false, format!("QEMU {st}")),
+    match QemuExit::decode(st.code()) {
+        QemuExit::Guest(g) => (g == exit::ENDED, format!("guest exit status {g}")),
+        QemuExit::PoweredOff => (true, "guest powered off".into()),
+        QemuExit::Failed(c) => (false, format!("QEMU failed (exit status {c})")),
+        QemuExit::Killed => (false, format!("QEMU {st}")),
     }
 }
 

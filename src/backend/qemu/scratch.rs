@@ -29,7 +29,7 @@ impl Qemu {
             .map_err(|e| BackendError::Spawn(format!("create {}", path.display()), e))?;
         drop(f);
         let mut mkfs = hosttool::command(mkfs_ext4());
-        mkfs.args(["-q", "-F", "-L", protocol::init::SCRATCH_LABEL])
+        mkfs.args(["-q", "-F", "-L", protocol::bundle::SCRATCH_LABEL])
             .args(["-O", "^has_journal", "-m", "0", "-E", "lazy_itable_init=1"])
             .arg(&path);
         let out = hosttool::output(&mut mkfs);
