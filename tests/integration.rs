@@ -5,6 +5,7 @@
 mod cli;
 mod common;
 mod forge_faults;
+mod guestnet;
 mod handshake;
 mod help;
 mod image;

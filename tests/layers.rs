@@ -14,7 +14,10 @@ const FLOORS: &[(&str, &[&str])] = &[
     ("mains", &["bin"]),
     ("command line", &["cli"]),
     ("roles", &["orchestrator", "runner", "demo"]),
-    ("services", &["backend", "forge", "image", "localforge"]),
+    (
+        "services",
+        &["backend", "guestnet", "forge", "image", "localforge"],
+    ),
     ("shared types", &["types", "hosttool", "logging"]),
 ];
 

@@ -148,6 +148,89 @@ pub fn remove_id_files(dir: &Path, id: &str) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Remove everything in `dir` (the loop directory, between two VMs): whatever
+/// kind each entry is, never following a link; a directory a guest closed
+/// (mode 000) is opened for its owner first. Returns how many entries went.
+/// Only for a directory no guest can write to any more (its VM is gone).
+pub fn empty_dir(dir: &Path) -> io::Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        remove_tree(&path)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn remove_tree(path: &Path) -> io::Result<()> {
+    let m = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        r => r?,
+    };
+    if !m.is_dir() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        };
+    }
+    // A real directory (checked without following): make it ours to list and
+    // empty, then descend; the links inside are removed, not followed.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(path)? {
+        remove_tree(&entry?.path())?;
+    }
+    std::fs::remove_dir(path)
+}
+
+/// What a loop directory holds, counted without following links and at most
+/// up to the bounds (the count stops one past a bound: a guest can make more
+/// entries than the host should ever walk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// Entries, directories included.
+    pub entries: u64,
+    /// Bytes of regular files (their allocated size, so sparse files count
+    /// for what they take).
+    pub bytes: u64,
+}
+
+impl Usage {
+    /// Is either bound passed?
+    pub fn exceeds(&self, max_entries: u64, max_bytes: u64) -> bool {
+        self.entries > max_entries || self.bytes > max_bytes
+    }
+}
+
+/// Count what `dir` holds, stopping once either bound is passed.
+pub fn usage(dir: &Path, max_entries: u64, max_bytes: u64) -> io::Result<Usage> {
+    use std::os::unix::fs::MetadataExt;
+    let mut u = Usage::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            // A directory the guest closed or removed meanwhile.
+            Err(_) if d != dir => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in rd {
+            let Ok(entry) = entry else { continue };
+            u.entries += 1;
+            if let Ok(m) = std::fs::symlink_metadata(entry.path()) {
+                if m.is_dir() {
+                    stack.push(entry.path());
+                } else if m.is_file() {
+                    u.bytes = u.bytes.saturating_add(m.blocks().saturating_mul(512));
+                }
+            }
+            if u.exceeds(max_entries, max_bytes) {
+                return Ok(u);
+            }
+        }
+    }
+    Ok(u)
+}
+
 /// Create `path` as a directory readable only by its owner (0700).
 pub fn create_private_dir(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -291,5 +374,53 @@ mod tests {
         assert!(d.join("1-ab.tkn").exists() && d.join("2-a.tkn").exists());
         std::fs::remove_dir_all(d).unwrap();
         std::fs::remove_dir_all(outside).unwrap();
+    }
+
+    #[test]
+    fn empty_dir_removes_every_kind_and_follows_nothing() {
+        let outside = tmpdir("empty-out");
+        let victim = outside.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let d = tmpdir("empty");
+        let p = d.as_path();
+        std::fs::write(p.join("left-by-job-a"), "x").unwrap();
+        symlink(&victim, p.join("link")).unwrap();
+        symlink(&outside, p.join("dirlink")).unwrap();
+        nix::unistd::mkfifo(&p.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::create_dir_all(p.join("deep/er")).unwrap();
+        std::fs::write(p.join("deep/er/f"), "x").unwrap();
+        std::fs::set_permissions(p.join("deep/er"), std::fs::Permissions::from_mode(0o000))
+            .unwrap();
+        std::fs::set_permissions(p.join("deep"), std::fs::Permissions::from_mode(0o000)).unwrap();
+        assert_eq!(empty_dir(p).unwrap(), 5);
+        assert_eq!(std::fs::read_dir(p).unwrap().count(), 0);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(outside.is_dir());
+        remove(&d).unwrap();
+        remove(&outside).unwrap();
+    }
+
+    #[test]
+    fn usage_counts_without_following_and_stops_past_a_bound() {
+        let outside = tmpdir("usage-out");
+        std::fs::write(outside.join("big"), vec![1u8; 1 << 20]).unwrap();
+        let d = tmpdir("usage");
+        let p = d.as_path();
+        symlink(&outside, p.join("dirlink")).unwrap();
+        std::fs::create_dir(p.join("sub")).unwrap();
+        std::fs::write(p.join("sub/f"), vec![1u8; 64 << 10]).unwrap();
+        let u = usage(p, 100, 1 << 30).unwrap();
+        assert_eq!(u.entries, 3);
+        assert!(u.bytes >= 64 << 10 && u.bytes < 1 << 20, "{u:?}");
+        assert!(!u.exceeds(100, 1 << 30));
+        for i in 0..50 {
+            std::fs::write(p.join(format!("n{i}")), "").unwrap();
+        }
+        let u = usage(p, 10, 1 << 30).unwrap();
+        assert_eq!(u.entries, 11, "the walk stops one past the bound");
+        assert!(u.exceeds(10, 1 << 30));
+        assert!(usage(p, 1000, 1024).unwrap().exceeds(1000, 1024));
+        remove(&d).unwrap();
+        remove(&outside).unwrap();
     }
 }

@@ -65,6 +65,9 @@ pub enum BackendError {
         #[source] protocol::cmdline::CmdlineError,
     ),
     /// The image is not a usable QEMU bundle; the cause follows.
+    /// The guest network could not be set up.
+    #[error("guest network")]
+    Network(#[from] crate::guestnet::sandbox::SandboxError),
     #[error("-i {0}: not a usable QEMU bundle")]
     Bundle(std::path::PathBuf, #[source] crate::image::ImageError),
 }
@@ -85,6 +88,14 @@ pub trait Hypervisor: std::fmt::Debug {
 
     /// The VM's process, made with [`hosttool::command`]: it lives as long as the VM.
     fn command(&self, spec: &VmSpec) -> Result<std::process::Command, BackendError>;
+
+    /// Start the VM's process (from [`Hypervisor::command`]); a backend that sets
+    /// up more around it (QEMU: the guest network) overrides this.
+    fn start(&self, spec: &VmSpec) -> Result<Child, BackendError> {
+        let cmd = self.command(spec)?;
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        hosttool::spawn_async(cmd).map_err(|e| spawn_error(&program, e))
+    }
 
     /// After the VM's process group was killed: whatever else keeps it alive.
     fn after_kill<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, ()> {
@@ -180,9 +191,7 @@ impl Backend {
 
     /// Start the VM; the returned child lives as long as the VM.
     pub fn start(&self, spec: &VmSpec) -> Result<Child, BackendError> {
-        let cmd = self.0.command(spec)?;
-        let program = cmd.get_program().to_string_lossy().into_owned();
-        hosttool::spawn_async(cmd).map_err(|e| spawn_error(&program, e))
+        self.0.start(spec)
     }
 
     /// What the backend process's exit status says: (success, description).

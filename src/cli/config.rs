@@ -186,6 +186,22 @@ pub fn runner_config(
         .filter(|f| !f.trim().is_empty())
         .map(|f| qemu::Forward::parse(f.trim()).map_err(ConfigError))
         .collect::<Result<Vec<_>, _>>()?;
+    let allow = o
+        .net_allow
+        .iter()
+        .filter(|a| !a.trim().is_empty())
+        .map(|a| crate::guestnet::parse_allow(a).map_err(ConfigError))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !allow.is_empty() && o.net != qemu::NetMode::Internet {
+        return err(format!(
+            "--net-allow goes with --net internet (the default), not --net {}",
+            if o.net == qemu::NetMode::User {
+                "user"
+            } else {
+                "restricted"
+            }
+        ));
+    }
     if let Some(k) = &o.kernel {
         if !k.is_file() {
             return err(format!("--kernel {}: no such file", k.display()));
@@ -195,6 +211,7 @@ pub fn runner_config(
         accel: o.accel,
         net: o.net,
         forwards,
+        policy: crate::guestnet::Policy { allow },
         kernel: o.kernel.clone(),
         scratch: o.scratch_size,
     };

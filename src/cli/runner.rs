@@ -223,16 +223,35 @@ pub struct RunnerOpts {
         value_enum
     )]
     pub accel: crate::backend::qemu::Accel,
-    /// QEMU: user networking, or restricted (restrict=on: only --net-forward targets).
-    #[arg(long = "net", env = "RUNNER_NET", default_value = "user", value_enum)]
+    /// QEMU: the guest's network. internet: the internet and nothing of this host
+    /// (not its loopback, its addresses, its LAN or metadata services; needs
+    /// slirp4netns and nftables); restricted: only --net-forward targets; user:
+    /// plain QEMU user networking, which gives jobs this host's loopback (unsafe).
+    #[arg(
+        long = "net",
+        env = "RUNNER_NET",
+        default_value = "internet",
+        value_enum
+    )]
     pub net: crate::backend::qemu::NetMode,
-    /// QEMU: carry guest connections to GUEST_IP:PORT to HOST:PORT, repeatable
-    /// (RUNNER_NET_FORWARD: newline-separated).
+    /// QEMU, --net internet: also let jobs reach this private or link-local range,
+    /// repeatable, e.g. 192.168.10.0/24 for a LAN cache (RUNNER_NET_ALLOW:
+    /// newline-separated). The host's own addresses stay closed: use --net-forward.
+    #[arg(
+        long = "net-allow",
+        env = "RUNNER_NET_ALLOW",
+        value_delimiter = '\n',
+        value_name = "CIDR"
+    )]
+    pub net_allow: Vec<String>,
+    /// QEMU: carry guest connections to GUEST_IP:PORT to HOST_IP:PORT (on this
+    /// host's side, in every --net mode), repeatable (RUNNER_NET_FORWARD:
+    /// newline-separated).
     #[arg(
         long = "net-forward",
         env = "RUNNER_NET_FORWARD",
         value_delimiter = '\n',
-        value_name = "GUEST_IP:PORT=HOST:PORT"
+        value_name = "GUEST_IP:PORT=HOST_IP:PORT"
     )]
     pub net_forward: Vec<String>,
     /// QEMU: kernel to boot instead of the bundle's.

@@ -114,12 +114,32 @@ impl World {
 
     /// Start a binary in its own process group, output to a log file.
     pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        self.spawn_with(self.command(name), name, args)
+    }
+
+    /// [`World::spawn`] as the unprivileged `uid`, from the private copies that
+    /// [`World::as_user`] made.
+    pub fn spawn_as(&self, uid: u32, name: &str, args: &[&str]) -> Proc {
+        let mut c = self.command(name);
+        let mut s = Command::new(self.dir.path().join("bin").join(name));
+        s.env_clear()
+            .envs(
+                c.get_envs()
+                    .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+            )
+            .current_dir(self.dir.path())
+            .uid(uid)
+            .gid(uid);
+        c = s;
+        self.spawn_with(c, name, args)
+    }
+
+    fn spawn_with(&self, mut c: Command, name: &str, args: &[&str]) -> Proc {
         let log = self.dir.path().join(format!(
             "{name}-{}.log",
             protocol::secret::random_alnum(4).unwrap()
         ));
         let f = std::fs::File::create(&log).unwrap();
-        let mut c = self.command(name);
         c.args(args)
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
@@ -131,13 +151,56 @@ impl World {
         }
     }
 
+    /// Hand this world to the unprivileged `uid`: its directories, and private
+    /// copies of our binaries (their build directory may not be open to it) and of
+    /// `bundle`, whose copy is returned.
+    pub fn as_user(&self, uid: u32, bundle: &Path) -> PathBuf {
+        let bin_dir = self.dir.path().join("bin");
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        for b in ["orchestrator", "runner", "entrypoint"] {
+            std::fs::copy(bin(b), bin_dir.join(b)).unwrap();
+        }
+        let copy = self.dir.path().join("bundle");
+        std::fs::create_dir_all(&copy).unwrap();
+        for e in std::fs::read_dir(bundle).unwrap().flatten() {
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+        let st = Command::new("chown")
+            .args(["-R", &format!("{uid}:{uid}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "chown: handing a world to another user needs root"
+        );
+        copy
+    }
+
     /// `orchestrator ARGS -- -T PAT -g FORGE -p acme/widgets RUNNER_ARGS`
     pub fn orchestrator(&self, args: &[&str], runner_args: &[&str]) -> Proc {
-        let url = self.forge.url();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--", "-T", PAT, "-g", &url, "-p", REPO]);
-        all.extend(runner_args);
-        self.spawn("orchestrator", &all)
+        let all = self.orchestrator_args(args, runner_args);
+        self.spawn(
+            "orchestrator",
+            &all.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    }
+
+    /// [`World::orchestrator`] as the unprivileged `uid` (see [`World::as_user`]).
+    pub fn orchestrator_as(&self, uid: u32, args: &[&str], runner_args: &[&str]) -> Proc {
+        let all = self.orchestrator_args(args, runner_args);
+        self.spawn_as(
+            uid,
+            "orchestrator",
+            &all.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    }
+
+    fn orchestrator_args(&self, args: &[&str], runner_args: &[&str]) -> Vec<String> {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        all.extend(["--", "-T", PAT, "-g", &self.forge.url(), "-p", REPO].map(String::from));
+        all.extend(runner_args.iter().map(|s| s.to_string()));
+        all
     }
 
     /// Processes (pid, cmdline) carrying this test's tag.

@@ -187,13 +187,15 @@ impl Qemu {
         if self.cfg.net == NetMode::Restricted {
             netdev.push_str(",restrict=on");
         }
-        for f in &self.cfg.forwards {
+        for (i, f) in self.cfg.forwards.iter().enumerate() {
+            let helper = crate::guestnet::forward::helper_command(
+                &self.helper,
+                &self.forward_socket(&spec.name, i),
+            )
+            .map_err(|e| BackendError::Image(spec.image.clone().into(), e))?;
             netdev.push_str(&format!(
-                ",guestfwd=tcp:{}:{}-cmd:{} --net-connect {}",
-                f.guest.0,
-                f.guest.1,
-                self.helper.display(),
-                f.host
+                ",guestfwd=tcp:{}:{}-cmd:{helper}",
+                f.guest.0, f.guest.1
             ));
         }
         push(&["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0"]);

@@ -1,7 +1,7 @@
 //! QEMU `-M microvm` (design.md §6): kernel + initramfs from a bundle, the loop
 //! directory over virtio-9p (`security_model=mapped-xattr`: a guest's symlinks and
-//! FIFOs land on the host as regular files), user networking (optionally
-//! `restrict=on` with explicit forwards), the console in a per-VM log file, QMP,
+//! FIFOs land on the host as regular files), user networking (by default inside a
+//! filtered private namespace, `net`), the console in a per-VM log file, QMP,
 //! and the guest's exit status through isa-debug-exit (`protocol::exit::QemuExit`).
 //!
 //! This file owns the loop's QEMU settings, the bundle, the VM's state directory
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use accel::Accel;
+use net::VmNet;
 pub use net::{net_connect, Forward, NetMode};
 use scratch::scratch_root;
 
@@ -44,6 +45,8 @@ pub struct QemuConfig {
     pub net: NetMode,
     /// Forwards.
     pub forwards: Vec<Forward>,
+    /// What `--net internet` opens beyond the internet (`--net-allow`).
+    pub policy: crate::guestnet::Policy,
     /// Kernel overriding the bundle's.
     pub kernel: Option<PathBuf>,
     /// Bytes of the per-VM scratch disk of root-disk bundles (0: none).
@@ -54,8 +57,9 @@ impl Default for QemuConfig {
     fn default() -> Self {
         QemuConfig {
             accel: Accel::Auto,
-            net: NetMode::User,
+            net: NetMode::Internet,
             forwards: vec![],
+            policy: Default::default(),
             kernel: None,
             scratch: 16 << 30,
         }
@@ -73,6 +77,10 @@ pub struct Qemu {
     state: PathBuf,
     /// This executable, for `--net-connect` forwards.
     helper: PathBuf,
+    /// nft and slirp4netns, for `--net internet`.
+    tools: Option<crate::guestnet::sandbox::Tools>,
+    /// The network side of each running VM: its connector and forward proxies.
+    nets: std::sync::Mutex<std::collections::HashMap<String, VmNet>>,
 }
 
 /// Guest-visible virtio-mmio devices are limited on microvm.
@@ -97,12 +105,18 @@ impl Qemu {
         let state = state_root();
         protocol::safefs::ensure_private_dir(&state)
             .map_err(|e| BackendError::Spawn(format!("mkdir {}", state.display()), e))?;
+        let tools = match cfg.net {
+            NetMode::Internet => Some(crate::guestnet::sandbox::Tools::find()?),
+            NetMode::Restricted | NetMode::User => None,
+        };
         Ok(Qemu {
             kvm: Default::default(),
             cfg,
             binary,
             state,
             helper,
+            tools,
+            nets: Default::default(),
         })
     }
 
@@ -149,7 +163,7 @@ impl Qemu {
             Accel::Auto => self.probe_kvm(&kernel, &initrd).await,
         };
         self.kvm.store(kvm, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        self.check_net().await
     }
 
     /// Make the VM's state directory.
@@ -172,6 +186,7 @@ impl Qemu {
 
     /// Remove the VM's state and scratch disk (its process is gone or being killed).
     fn remove(&self, name: &str) -> Result<(), BackendError> {
+        self.drop_net(name);
         let scratch = self.scratch_path(name);
         protocol::safefs::remove(&scratch)
             .map_err(|e| BackendError::Spawn(format!("remove {}", scratch.display()), e))?;
@@ -217,6 +232,10 @@ impl Hypervisor for Qemu {
 
     fn command(&self, spec: &VmSpec) -> Result<std::process::Command, BackendError> {
         self.qemu_command(spec)
+    }
+
+    fn start(&self, spec: &VmSpec) -> Result<tokio::process::Child, BackendError> {
+        self.spawn_with_net(&spec.name, self.qemu_command(spec)?)
     }
 
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {

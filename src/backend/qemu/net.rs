@@ -1,93 +1,112 @@
-//! Guest networking options: `--net` (user, restricted) and `--net-forward`
-//! targets, and the `runner --net-connect` helper QEMU runs per forwarded
-//! connection. It does not build QEMU's command line (`cmdline` does).
+//! Guest networking of the QEMU backend: `--net` and what a running VM's network
+//! holds on the host (its namespace's connector and its forward proxies), set up
+//! around the VM's spawn. The policy, namespace and proxies are `guestnet`'s; the
+//! QEMU options are `cmdline`'s.
+
+use std::path::PathBuf;
+
+pub use crate::guestnet::forward::{net_connect, Forward};
+use crate::guestnet::{forward, sandbox};
+
+use super::{BackendError, Qemu};
 
 /// `--net`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum NetMode {
-    /// QEMU user networking: the guest reaches what the host reaches.
-    User,
+    /// The internet, and nothing of the host: user networking inside a private
+    /// namespace whose filter refuses the host's own addresses, loopback,
+    /// link-local (metadata) and private ranges (open some with --net-allow).
+    Internet,
     /// User networking with `restrict=on`: only the `--net-forward` targets.
     Restricted,
+    /// Plain QEMU user networking, no isolation: 10.0.2.2 is the host's loopback
+    /// and the guest reaches everything the host reaches.
+    User,
 }
 
-/// `--net-forward GUEST_IP:PORT=HOST:PORT`: guest connections to GUEST_IP:PORT are
-/// carried to HOST:PORT (one helper process per connection).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forward {
-    /// Guest-side address.
-    pub guest: (std::net::Ipv4Addr, u16),
-    /// Host-side `host:port`.
-    pub host: String,
+/// What a VM's network holds on the host while it runs; dropped with the VM.
+#[derive(Debug, Default)]
+pub(super) struct VmNet {
+    _proxies: Vec<forward::Proxy>,
+    _attached: Option<sandbox::Attached>,
 }
 
-impl Forward {
-    /// Parse one `--net-forward` value.
-    pub fn parse(s: &str) -> Result<Forward, String> {
-        let bad = || {
-            format!("--net-forward {s:?}: expected GUEST_IP:PORT=HOST:PORT, e.g. 10.0.2.100:80=127.0.0.1:8080")
-        };
-        let (g, h) = s.split_once('=').ok_or_else(bad)?;
-        let (gip, gport) = g.rsplit_once(':').ok_or_else(bad)?;
-        let gip: std::net::Ipv4Addr = gip.parse().map_err(|_| bad())?;
-        let gport: u16 = gport.parse().map_err(|_| bad())?;
-        let (hhost, hport) = h.rsplit_once(':').ok_or_else(bad)?;
-        if hhost.is_empty() || hport.parse::<u16>().is_err() || h.contains(',') {
-            return Err(bad());
-        }
-        Ok(Forward {
-            guest: (gip, gport),
-            host: h.to_string(),
-        })
+impl Qemu {
+    /// The Unix socket of forward `i` of VM `name`, in its private state directory.
+    pub(super) fn forward_socket(&self, name: &str, i: usize) -> PathBuf {
+        self.dir(name).join(format!("fwd-{i}.sock"))
     }
-}
 
-/// `runner --net-connect HOST:PORT`: the per-connection helper of a forward.
-/// Copies standard input to the connection and the connection to standard output.
-pub fn net_connect(target: &str) -> std::io::Result<()> {
-    use std::io::{Read, Write};
-    let stream = std::net::TcpStream::connect(target)?;
-    let mut up = stream.try_clone()?;
-    let t = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
-        let _ = up.shutdown(std::net::Shutdown::Write);
-    });
-    let mut down = stream;
-    let mut out = std::io::stdout().lock();
-    let mut buf = [0u8; 16384];
-    loop {
-        match down.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
-                    break;
+    /// The filter of a VM's namespace, with the host's addresses as they are now.
+    fn rules(&self) -> Result<String, BackendError> {
+        let host = crate::guestnet::host_addresses()
+            .map_err(|e| BackendError::Spawn("list the host's addresses".into(), e))?;
+        Ok(self
+            .cfg
+            .policy
+            .ruleset(&host, &sandbox::connector_addresses()))
+    }
+
+    /// Once per loop: can this host give VMs the network asked for?
+    pub(super) async fn check_net(&self) -> Result<(), BackendError> {
+        match (&self.tools, self.cfg.net) {
+            (Some(tools), _) => sandbox::probe(tools, &self.rules()?).await?,
+            (None, NetMode::User) => tracing::warn!(
+                "--net user: jobs can reach this host's loopback services through 10.0.2.2, \
+                 its other addresses, its LAN and cloud metadata services; the default (--net internet) closes those"
+            ),
+            (None, _) => {}
+        }
+        Ok(())
+    }
+
+    /// Start the VM process `cmd` with its network: the forward proxies listen
+    /// first; with `--net internet` the process enters its own namespace, which is
+    /// filtered and then joined to the internet before the guest can send anything
+    /// out (until then the namespace has no route).
+    pub(super) fn spawn_with_net(
+        &self,
+        name: &str,
+        mut cmd: std::process::Command,
+    ) -> Result<tokio::process::Child, BackendError> {
+        let mut net = VmNet::default();
+        for (i, f) in self.cfg.forwards.iter().enumerate() {
+            let sock = self.forward_socket(name, i);
+            net._proxies
+                .push(forward::Proxy::listen(&sock, f.host).map_err(|e| {
+                    BackendError::Spawn(format!("listen on {}", sock.display()), e)
+                })?);
+        }
+        if self.tools.is_some() {
+            sandbox::Entry::new().apply(&mut cmd);
+        }
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let mut child =
+            crate::hosttool::spawn_async(cmd).map_err(|e| BackendError::Spawn(program, e))?;
+        if let Some(tools) = &self.tools {
+            let log = self.dir(name).join("slirp4netns.log");
+            let attached = self.rules().and_then(|rules| {
+                let pid = child.id().unwrap_or(0);
+                sandbox::attach(tools, pid, &rules, &log).map_err(BackendError::from)
+            });
+            match attached {
+                Ok(a) => net._attached = Some(a),
+                Err(e) => {
+                    let _ = child.start_kill();
+                    return Err(e);
                 }
             }
         }
+        if let Ok(mut nets) = self.nets.lock() {
+            nets.insert(name.to_string(), net);
+        }
+        Ok(child)
     }
-    drop(t);
-    Ok(())
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwards_parse() {
-        let f = Forward::parse("10.0.2.100:80=127.0.0.1:8080").unwrap();
-        assert_eq!(f.guest, ("10.0.2.100".parse().unwrap(), 80));
-        assert_eq!(f.host, "127.0.0.1:8080");
-        for bad in [
-            "10.0.2.100:80",
-            "x:80=127.0.0.1:1",
-            "10.0.2.100:80=127.0.0.1",
-            "10.0.2.100:80=a,b:1",
-        ] {
-            assert!(
-                Forward::parse(bad).unwrap_err().contains("--net-forward"),
-                "{bad}"
-            );
+    /// The VM is gone: its connector and proxies go too.
+    pub(super) fn drop_net(&self, name: &str) {
+        if let Ok(mut nets) = self.nets.lock() {
+            nets.remove(name);
         }
     }
 }
