@@ -170,10 +170,13 @@ fn dev_mode_runs_the_fresh_entrypoint_with_krunvm_and_podman() {
         std::fs::create_dir_all(&dev).unwrap();
         // "Freshly built": the real entrypoint behind a wrapper that leaves a mark.
         let wrapper = dev.join("entrypoint");
+        // Run as the guest, it also does what a hostile job could: write into what
+        // it was shared.
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\necho \"dev entrypoint ran: $*\" >> \"$(dirname \"$0\")/ran\"\nexec '{}' \"$@\"\n",
+                "#!/bin/sh\nd=$(dirname \"$0\")\necho \"dev entrypoint ran: $* from $d saw $(ls \"$d\" | tr '\\n' ' ')\" >> '{}'\necho pwned > \"$d/planted\"\necho '# pwned' >> \"$0\"\nexec '{}' \"$@\"\n",
+                dev.join("ran").display(),
                 crate::common::bin("entrypoint").display()
             ),
         )
@@ -183,26 +186,52 @@ fn dev_mode_runs_the_fresh_entrypoint_with_krunvm_and_podman() {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        w.forge.queue_job(crate::common::REPO, &[], "echo dev-ok");
+        for _ in 0..2 {
+            w.forge.queue_job(crate::common::REPO, &[], "echo dev-ok");
+        }
         let dev_s = dev.display().to_string();
+        let before = std::fs::read(&wrapper).unwrap();
         let mut p = w.orchestrator(
             &["-n", "1", "-R", runtime],
-            &["-r", "1", "-u", "root", "-D", "/local", "--dev-dir", &dev_s],
+            &["-r", "2", "-u", "root", "-D", "/local", "--dev-dir", &dev_s],
         );
         let st = p.finish(Duration::from_secs(60));
         let log = p.log();
         assert!(st.success(), "{runtime}: {st}\n{log}");
-        let j = &w.forge.jobs()[0];
-        assert_eq!(j.status, JobStatus::Completed, "{runtime}: {log}");
-        assert!(j.output.contains("dev-ok"), "{runtime}: {}", j.output);
+        for j in w.forge.jobs() {
+            assert_eq!(j.status, JobStatus::Completed, "{runtime}: {log}");
+            assert!(j.output.contains("dev-ok"), "{runtime}: {}", j.output);
+        }
+        // The guest saw a private copy of just the entrypoint: what it wrote there
+        // reached neither the developer's directory nor the next VM.
+        assert_eq!(
+            std::fs::read(&wrapper).unwrap(),
+            before,
+            "{runtime}: the guest changed the host's entrypoint"
+        );
+        assert!(
+            !dev.join("planted").exists(),
+            "{runtime}: the guest wrote into the host's -D directory"
+        );
         let ran = std::fs::read_to_string(dev.join("ran")).unwrap_or_default();
         assert!(
             ran.contains("dev entrypoint ran: -E ") && ran.contains(".env -k "),
             "{runtime}: the dev entrypoint did not run: {ran:?}\n{log}"
         );
+        assert!(
+            !ran.contains(&format!("from {dev_s} ")),
+            "{runtime}: the host's -D directory itself was shared: {ran}"
+        );
+        assert_eq!(ran.lines().count(), 2, "{runtime}: {ran}");
+        assert!(
+            ran.lines().all(|l| l.ends_with(" saw entrypoint ")),
+            "{runtime}: a VM saw more than a fresh copy of the entrypoint: {ran}"
+        );
         let calls = w.read_state("calls.log");
         assert!(
-            calls.contains(&format!("{dev_s}:/local")) && calls.contains("/local/entrypoint"),
+            calls.contains(":/local")
+                && !calls.contains(&format!("{dev_s}:/local"))
+                && calls.contains("/local/entrypoint"),
             "{runtime}: {calls}"
         );
     }
@@ -260,4 +289,79 @@ fn a_deprecated_runner_ends_the_loop_with_a_clear_error() {
     assert_eq!(w.forge.stats().jit_configs, 1, "{log}");
     assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
     assert!(w.vms().is_empty(), "{:?}", w.vms());
+}
+
+/// What one job leaves in its loop directory never reaches the next job of that
+/// loop (which may be another repository's): the directory is emptied between VMs.
+#[test]
+fn a_job_leaves_nothing_in_the_loop_directory_for_the_next() {
+    let w = World::new();
+    let script = format!(
+        "{}echo \"saw: $(ls -A \"$D\" | grep -v \"^$ID\\.\" | tr '\\n' ' ')\"\nmkdir -p \"$D/left-dir-$ID/sub\"\necho x > \"$D/left-file-$ID\"\nln -s /etc/passwd \"$D/left-link-$ID\"\n",
+        crate::common::PRELUDE
+    );
+    for _ in 0..2 {
+        w.forge.queue_job(crate::common::REPO, &[], &script);
+    }
+    let mut p = w.orchestrator(&["-n", "1", "-R", "krunvm"], &["-r", "2", "-u", "root"]);
+    let st = p.finish(Duration::from_secs(60));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    let jobs = w.forge.jobs();
+    assert!(
+        jobs.iter().all(|j| j.status == JobStatus::Completed),
+        "{log}"
+    );
+    for j in &jobs {
+        assert!(
+            j.output.contains("saw: \n") || j.output.contains("saw: "),
+            "{}",
+            j.output
+        );
+        assert!(
+            !j.output.contains("left-"),
+            "a job saw what an earlier one left:\n{}",
+            j.output
+        );
+    }
+}
+
+/// krunvm cannot share a directory read-only: `-M …:ro` is refused (exit 2,
+/// naming the backend) rather than silently shared writable.
+#[test]
+fn krunvm_refuses_a_read_only_mount_it_cannot_enforce() {
+    let w = World::new();
+    let shared = w.dir.path().join("cache");
+    std::fs::create_dir_all(&shared).unwrap();
+    let m = format!("{}:/cache:ro", shared.display());
+    let mut p = w.spawn(
+        "runner",
+        &[
+            "-R",
+            "krunvm",
+            "-T",
+            PAT,
+            "-g",
+            &w.forge.url(),
+            "-p",
+            crate::common::REPO,
+            "-M",
+            &m,
+            "-r",
+            "1",
+        ],
+    );
+    let st = p.finish(Duration::from_secs(30));
+    let log = p.log();
+    assert_eq!(st.code(), Some(2), "{log}");
+    assert!(
+        log.contains("krunvm cannot share a directory read-only"),
+        "{log}"
+    );
+    assert!(
+        w.read_state("calls.log")
+            .lines()
+            .all(|l| !l.contains("create")),
+        "a VM was made"
+    );
 }

@@ -607,3 +607,44 @@ fn qemu_dev_dir_and_mounts() {
         "from-the-guest\n"
     );
 }
+
+/// A job that fills its loop directory (through 9p, as root in a real VM) is
+/// stopped at the bound, the loop says so once and goes on with a fresh VM, and
+/// nothing is left behind.
+#[test]
+fn qemu_a_job_that_floods_its_loop_directory_is_stopped() {
+    let w = World::new();
+    w.forge.queue_job(
+        REPO,
+        &[],
+        &format!(
+            "{PRELUDE}i=0; while [ $i -lt 1500 ]; do : > \"$D/flood-$i\"; i=$((i+1)); done; sleep 300"
+        ),
+    );
+    let args = qemu_args(&w, &["-u", "root"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
+    w.wait_for(
+        "the flood to be stopped",
+        Duration::from_secs(240),
+        &p,
+        || {
+            p.log()
+                .contains("filled its loop directory (more than 1000 entries")
+        },
+    );
+    // The loop goes on with a fresh VM; stop it.
+    p.signal(Signal::SIGTERM);
+    let st = p.finish(Duration::from_secs(120));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert_eq!(
+        log.matches("filled its loop directory").count(),
+        2,
+        "said once by the loop (and once more in its failure count): {log}"
+    );
+    assert!(w.env_roots().is_empty(), "{:?}", w.env_roots());
+    assert!(ghrm_qemu_state(&w).is_empty(), "{:?}", ghrm_qemu_state(&w));
+    let left = w.wait_no_processes(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:?}");
+}

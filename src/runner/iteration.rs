@@ -72,16 +72,23 @@ impl Loop {
         };
         drop(dotenv);
         let mut mounts = self.cfg.mounts.clone();
-        let entrypoint = match &self.cfg.dev {
-            Some((host, guest)) => {
+        // -D: the guest gets a private copy of just the entrypoint, made fresh for
+        // this VM, never the directory it came from (by default this executable's,
+        // from which the orchestrator starts loops again with the PAT).
+        let dev = match &self.cfg.dev {
+            Some((host, _)) => Some(dev_copy(host, self.dir.as_deref())?),
+            None => None,
+        };
+        let entrypoint = match (&self.cfg.dev, &dev) {
+            (Some((_, guest)), Some(copy)) => {
                 mounts.push(Mount {
-                    host: host.clone(),
+                    host: copy.path().to_path_buf(),
                     guest: guest.clone(),
-                    options: Some("ro".into()),
+                    options: None,
                 });
                 format!("{guest}/entrypoint")
             }
-            None => protocol::IMAGE_ENTRYPOINT.to_string(),
+            _ => protocol::IMAGE_ENTRYPOINT.to_string(),
         };
         let spec = VmSpec {
             name: name.clone(),
@@ -95,7 +102,9 @@ impl Loop {
             args,
         };
         let outcome = self.boot_and_wait(&spec, &id, &secret, runner_id).await;
-        self.cleanup(&name, &id, runner_id).await;
+        let cleaned = self.cleanup(&name, runner_id).await;
+        drop(dev);
+        cleaned?;
         outcome
     }
 
@@ -141,6 +150,7 @@ impl Loop {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut stop = self.stop.clone();
         let mut drained = false;
+        let mut ticks: u32 = 0;
         let status = loop {
             tokio::select! {
                 st = child.wait() => break st.ok(),
@@ -153,6 +163,19 @@ impl Loop {
                     boot_ms = started.elapsed().as_millis() as u64,
                     "runner {name} is up"
                 );
+            }
+            ticks += 1;
+            if ticks % 10 == 0 {
+                if let Some(over) = self.dir.as_deref().and_then(overfilled) {
+                    warn!("VM {name} filled its loop directory ({over}): killing it");
+                    return Ok(self
+                        .abandon_boot(
+                            name,
+                            &mut child,
+                            format!("VM {name} filled its loop directory ({over})"),
+                        )
+                        .await);
+                }
             }
             if !ready && self.backend.boot_stalled(name, started.elapsed()) {
                 let tail = self
@@ -279,14 +302,15 @@ impl Loop {
         }
     }
 
-    /// After every VM: remove it, its files, and its registration if still there.
-    async fn cleanup(&self, name: &str, id: &str, runner_id: Option<u64>) {
-        if let Err(e) = self.backend.delete(name).await {
-            warn!("cannot delete VM {name}: {e}");
-        }
-        if let Some(dir) = &self.dir {
-            if let Err(e) = safefs::remove_id_files(dir, id) {
-                warn!("cannot remove {id}.* in {}: {e}", dir.display());
+    /// After every VM: remove it, everything in the loop directory (what one job
+    /// left there must not reach the next, which may be another repository's),
+    /// and its registration if still there. A VM that cannot be confirmed gone
+    /// ends the loop: the next VM's `.env` would be written where it can still read.
+    async fn cleanup(&self, name: &str, runner_id: Option<u64>) -> Result<(), RunnerError> {
+        let gone = self.backend.delete(name).await;
+        if let (Some(dir), Ok(())) = (&self.dir, &gone) {
+            if let Err(e) = safefs::empty_dir(dir) {
+                warn!("cannot empty the loop directory {}: {e}", dir.display());
             }
         }
         if let Some(rid) = self.lookup(name, runner_id).await {
@@ -299,5 +323,46 @@ impl Loop {
                 Err(e) => warn!("cannot deregister {name}: {e}"),
             }
         }
+        gone.map_err(|e| RunnerError::VmNotGone {
+            name: name.to_string(),
+            source: e,
+        })
     }
+}
+
+/// A fresh private directory holding a copy of `host/entrypoint`, for `-D`:
+/// beside the loop directory (inside the orchestrator's private root, which a
+/// restart sweeps), or in `$TMPDIR` without one.
+fn dev_copy(host: &Path, loop_dir: Option<&Path>) -> Result<tempfile::TempDir, RunnerError> {
+    let mut b = tempfile::Builder::new();
+    let d = match loop_dir.and_then(|d| Some((d.parent()?, d.file_name()?))) {
+        Some((root, name)) => b
+            .prefix(&format!("{}.dev-", name.to_string_lossy()))
+            .tempdir_in(root),
+        None => b.prefix("gh-runner-microvm-dev.").tempdir(),
+    }
+    .map_err(|e| RunnerError::Io("create the -D directory".into(), e))?;
+    let from = host.join("entrypoint");
+    std::fs::copy(&from, d.path().join("entrypoint"))
+        .map_err(|e| RunnerError::Io(format!("copy {} for -D", from.display()), e))?;
+    Ok(d)
+}
+
+/// What a guest may keep in its loop directory while its VM runs: the protocol
+/// needs four small files; a job that makes more is stopped before it fills the
+/// host's `$TMPDIR` (often RAM) or slows every scan of it.
+pub const LOOP_DIR_MAX_ENTRIES: u64 = 1000;
+/// See [`LOOP_DIR_MAX_ENTRIES`]: bytes (allocated) in the loop directory.
+pub const LOOP_DIR_MAX_BYTES: u64 = 16 << 20;
+
+/// `Some(what)` when the loop directory holds more than its bounds.
+fn overfilled(dir: &Path) -> Option<String> {
+    let u = safefs::usage(dir, LOOP_DIR_MAX_ENTRIES, LOOP_DIR_MAX_BYTES).ok()?;
+    u.exceeds(LOOP_DIR_MAX_ENTRIES, LOOP_DIR_MAX_BYTES)
+        .then(|| {
+            format!(
+                "more than {LOOP_DIR_MAX_ENTRIES} entries or {} MiB",
+                LOOP_DIR_MAX_BYTES >> 20
+            )
+        })
 }

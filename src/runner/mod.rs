@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::backend::{Backend, BackendError};
 use crate::forge::{Forge, ForgeError};
 use crate::types::invalid::ConfigError;
+use crate::types::runtime::Runtime;
 use config::RunnerConfig;
 
 /// Why a loop failed.
@@ -49,6 +50,15 @@ pub enum RunnerError {
         /// The image (-i).
         image: String,
     },
+    /// A VM could not be confirmed gone: its loop directory is not reused.
+    #[error("cannot confirm that VM {name} is gone, so its loop directory is not handed to another VM; the loop ends")]
+    VmNotGone {
+        /// The VM.
+        name: String,
+        /// Why.
+        #[source]
+        source: BackendError,
+    },
     /// Guests keep failing.
     #[error("giving up: {count} VMs in a row failed to get their runner up (last: {last})")]
     GuestFailing {
@@ -67,6 +77,39 @@ impl RunnerError {
             _ => protocol::exit::FAILED,
         }
     }
+}
+
+/// What a backend cannot enforce is refused, not silently weakened (exit 2); what
+/// it cannot isolate is said at every loop start.
+fn refuse_what_the_backend_cannot_hold(
+    cfg: &RunnerConfig,
+    runtime: Runtime,
+) -> Result<(), RunnerError> {
+    if runtime == Runtime::Krunvm {
+        let ro = cfg.mounts.iter().find(|m| {
+            m.options
+                .as_deref()
+                .is_some_and(|o| o.split(',').any(|x| x == "ro"))
+        });
+        if let Some(m) = ro {
+            return Err(ConfigError(format!(
+                "-M {}:{}:ro: krunvm cannot share a directory read-only, the guest could write to {}; \
+                 use -R podman or -R qemu, or drop :ro",
+                m.host.display(),
+                m.guest,
+                m.host.display()
+            ))
+            .into());
+        }
+    }
+    if matches!(runtime, Runtime::Krunvm | Runtime::Podman) {
+        warn!(
+            "{}: the guest uses this host's network through libkrun's socket impersonation: a job can reach \
+             this host's services, its LAN and cloud metadata services; -R qemu keeps jobs off the host (--net)",
+            runtime.name()
+        );
+    }
+    Ok(())
 }
 
 /// A runner loop.
@@ -91,6 +134,7 @@ impl Loop {
         stop: watch::Receiver<bool>,
     ) -> Result<Loop, RunnerError> {
         let backend = Backend::detect(cfg.runtime, &cfg.qemu)?;
+        refuse_what_the_backend_cannot_hold(&cfg, backend.runtime())?;
         let forge = Forge::new(cfg.endpoints.clone(), cfg.scope, &cfg.principal, &cfg.auth).await?;
         let group_id = forge.resolve_group(&cfg.group).await?;
         let (dir, own) = match (&cfg.environment, isolation) {
