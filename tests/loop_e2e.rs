@@ -113,15 +113,17 @@ fn run_six_jobs(runtime: &str) {
         "",
         "credentials in the backend environment"
     );
-    // (The orchestrator's own argv has it: the user put it there. Its sweep calls the
-    // backend too, so only the runner loops' lines are checked.)
+    // Nor the orchestrator's own argv, although the user put it there with -T: it
+    // moved it into its environment at once (its sweep calls the backend too, so
+    // its lines are recorded as well).
     let argv = w.read_state("parent-cmdline.log");
     let runners: Vec<&str> = argv.lines().filter(|l| l.contains("/runner ")).collect();
     assert!(!runners.is_empty(), "no runner argv recorded: {argv}");
     assert!(
-        runners.iter().all(|l| !l.contains(PAT)),
-        "PAT in a runner's argv: {argv}"
+        argv.lines().any(|l| l.contains("/orchestrator ")),
+        "no orchestrator argv recorded: {argv}"
     );
+    assert!(!argv.contains(PAT), "PAT in a process's argv: {argv}");
     // Pinned argv of the backend.
     let calls = w.read_state("calls.log");
     match runtime {
@@ -364,4 +366,41 @@ fn krunvm_refuses_a_read_only_mount_it_cannot_enforce() {
             .all(|l| !l.contains("create")),
         "a VM was made"
     );
+}
+
+/// `runner -T PAT` run by hand: the PAT leaves the process list at once (the
+/// runner runs itself again with it in its environment) and the loop still works.
+#[test]
+fn a_pat_on_the_runner_command_line_leaves_the_process_list() {
+    let w = World::new();
+    let mut p = w.spawn(
+        "runner",
+        &[
+            "-R",
+            "krunvm",
+            "-T",
+            PAT,
+            "-g",
+            &w.forge.url(),
+            "-p",
+            crate::common::REPO,
+            "-u",
+            "root",
+        ],
+    );
+    w.wait_for(
+        "the runner to register",
+        Duration::from_secs(30),
+        &p,
+        || !w.forge.runners().is_empty(),
+    );
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        cmdline.contains(" -g ") && !cmdline.contains(PAT),
+        "{cmdline}"
+    );
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = p.finish(Duration::from_secs(30));
+    assert!(st.success(), "{st}\n{}", p.log());
 }

@@ -8,6 +8,7 @@ use ghrm::logging;
 use protocol::exit;
 
 fn main() -> ExitCode {
+    ghrm::orchestrator::args::reexec_without_secrets(true);
     let _ = dotenvy::dotenv();
     let cli = match OrchestratorCli::try_parse() {
         Ok(c) => c,

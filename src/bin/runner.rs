@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             None => ExitCode::from(exit::USAGE),
         };
     }
+    ghrm::orchestrator::args::reexec_without_secrets(false);
     // A .env in the working directory fills in what neither command line nor environment set.
     let _ = dotenvy::dotenv();
     let cli = match RunnerCli::try_parse() {

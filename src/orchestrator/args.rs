@@ -77,6 +77,49 @@ pub fn extract_secrets(args: &[String]) -> (Vec<String>, Option<String>, Option<
     (out, pat, secret)
 }
 
+/// Secrets given on our own command line would stay readable in `/proc/PID/cmdline`
+/// (every local user's `ps`) for the process's whole life: before anything else,
+/// run this same executable again with them moved into its environment
+/// (`RUNNER_PAT`, `RUNNER_SECRET`; the command line wins over the environment, so
+/// the values are the same). `after` is where the runner's options start in our
+/// arguments: after `--` for `orchestrator`, from the first one for `runner`.
+/// Returns only when there was nothing to hide or the executable could not be run
+/// again (then with a warning).
+pub fn reexec_without_secrets(after_double_dash: bool) {
+    use std::os::unix::process::CommandExt;
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let Some(args) = argv
+        .iter()
+        .skip(1)
+        .map(|a| a.to_str().map(str::to_string))
+        .collect::<Option<Vec<String>>>()
+    else {
+        return;
+    };
+    let start = if after_double_dash {
+        match args.iter().position(|a| a == "--") {
+            Some(i) => i + 1,
+            None => return,
+        }
+    } else {
+        0
+    };
+    let (kept, pat, secret) = extract_secrets(&args[start..]);
+    if pat.is_none() && secret.is_none() {
+        return;
+    }
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg0(&argv[0]).args(&args[..start]).args(&kept);
+    if let Some(p) = pat {
+        cmd.env("RUNNER_PAT", p);
+    }
+    if let Some(s) = secret {
+        cmd.env("RUNNER_SECRET", s);
+    }
+    let e = cmd.exec();
+    eprintln!("warning: could not hide -T/-S from the process list ({e}); give the PAT as RUNNER_PAT instead");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 //! This file owns the configuration, the error and the order of the steps; each
 //! step has its room below. It must not parse a command line (`cli` does).
 
-mod args;
+pub mod args;
 pub mod image;
 mod launch;
 mod lock;
