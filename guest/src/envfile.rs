@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
-/// How the guest registers its runner.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the guest registers its runner. `Debug` leaves the credential out.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Registration {
     /// A single-use JIT config minted on the host (the default).
     Jit {
@@ -29,8 +29,8 @@ pub enum Registration {
     },
 }
 
-/// Everything in a `.env`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything in a `.env`. `Debug` leaves the credential and the secret out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct GuestConfig {
     /// Runner name, `<PREFIX>-<id>`.
     pub name: String,
@@ -48,6 +48,38 @@ pub struct GuestConfig {
     pub verbose: u8,
     /// DNS server for PID-1 mode (QEMU); empty when the backend sets it up.
     pub dns: String,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Registration::Jit { .. } => f.write_str("Jit { config: <redacted> }"),
+            Registration::Token {
+                url, labels, group, ..
+            } => f
+                .debug_struct("Token")
+                .field("url", url)
+                .field("token", &format_args!("<redacted>"))
+                .field("labels", labels)
+                .field("group", group)
+                .finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for GuestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestConfig")
+            .field("name", &self.name)
+            .field("registration", &self.registration)
+            .field("secret", &format_args!("<redacted>"))
+            .field("user", &self.user)
+            .field("update", &self.update)
+            .field("grace", &self.grace)
+            .field("verbose", &self.verbose)
+            .field("dns", &self.dns)
+            .finish()
+    }
 }
 
 /// A `.env` that cannot be written or understood.
@@ -212,5 +244,32 @@ mod tests {
     fn reports_missing_keys() {
         let e = GuestConfig::from_dotenv(b"GHRM_MODE='jit'\n").unwrap_err();
         assert!(matches!(e, EnvFileError::Missing(_)));
+    }
+
+    #[test]
+    fn debug_shows_no_credential_or_secret() {
+        let mut c = sample(Registration::Jit {
+            config: "eyJJITCONFIG".into(),
+        });
+        c.secret = "SeCrEt0123456789abcdef".into();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains(&c.secret) && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        if let Registration::Jit { config } = &c.registration {
+            assert!(!shown.contains(config.as_str()), "{shown}");
+        }
+        c.registration = Registration::Token {
+            url: "https://github.com/acme".into(),
+            token: "AAAtokenAAA".into(),
+            labels: "x".into(),
+            group: "Default".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("AAAtokenAAA") && shown.contains("acme"),
+            "{shown}"
+        );
     }
 }

@@ -74,7 +74,7 @@ pub fn runner_config(
         }
         _ => {}
     }
-    let auth = match (&o.app_id, &o.app_key, o.pat.clone().filter(|p| !p.is_empty())) {
+    let auth = match (&o.app_id, &o.app_key, o.pat.as_ref().map(|p| p.expose().to_string()).filter(|p| !p.is_empty())) {
         (Some(id), Some(key), _) => {
             use std::os::unix::fs::PermissionsExt;
             let meta = std::fs::metadata(key).map_err(|e| ConfigError(format!("--app-key {}: {e}", key.display())))?;
@@ -136,7 +136,7 @@ pub fn runner_config(
             return err(format!("{flag}: quotes and newlines are not allowed"));
         }
     }
-    if let Some(s) = &o.secret {
+    if let Some(s) = o.secret.as_ref().map(|s| s.expose()) {
         if s.len() < 16 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return err("-S/--secret must be at least 16 letters or digits".into());
         }
@@ -364,6 +364,19 @@ mod tests {
         v.extend_from_slice(args);
         let cli = crate::cli::RunnerCli::try_parse_from(v).unwrap();
         runner_config(&cli.opts, &cli.loop_id, None, None)
+    }
+
+    #[test]
+    fn debug_of_the_options_and_the_config_shows_no_credential() {
+        let pat = "ghp_SuperSecretPat0123456789";
+        let fixed = "FixedSecret0123456789abcdef";
+        let args = ["runner", "-T", pat, "-S", fixed, "-p", "o/r", "-R", "krunvm"];
+        let cli = crate::cli::RunnerCli::try_parse_from(args).unwrap();
+        let c = runner_config(&cli.opts, &cli.loop_id, None, None).unwrap();
+        for shown in [format!("{cli:?}"), format!("{c:?}")] {
+            assert!(!shown.contains(pat) && !shown.contains(fixed), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
     }
 
     #[test]

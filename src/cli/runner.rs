@@ -144,7 +144,7 @@ pub struct RunnerOpts {
         env = "RUNNER_SECRET",
         hide_env_values = true
     )]
-    pub secret: Option<String>,
+    pub secret: Option<crate::types::secret::Secret>,
     /// GitHub PAT; never enters a VM. Prefer RUNNER_PAT in the environment.
     #[arg(
         short = 'T',
@@ -153,7 +153,7 @@ pub struct RunnerOpts {
         env = "RUNNER_PAT",
         hide_env_values = true
     )]
-    pub pat: Option<String>,
+    pub pat: Option<crate::types::secret::Secret>,
     /// User the runner runs as in the guest (root: no privilege drop).
     #[arg(
         short = 'u',

@@ -53,7 +53,7 @@ pub struct RunnerConfig {
     /// Iterations, `None` = forever.
     pub repeat: Option<u64>,
     /// Fixed secret (`-S`).
-    pub secret: Option<String>,
+    pub secret: Option<crate::types::secret::Secret>,
     /// Grace for busy jobs.
     pub grace: u64,
     /// Boot deadline to `.tkn`.

@@ -34,7 +34,7 @@ impl Loop {
         let (id, registration, runner_id) = self.mint().await?;
         let name = vm_name(&self.cfg.prefix, &id);
         let secret = match &self.cfg.secret {
-            Some(s) => s.clone(),
+            Some(s) => s.expose().to_string(),
             None => secret::generate()
                 .map_err(|e| RunnerError::Io("read the system's random source".into(), e.into()))?,
         };

@@ -7,4 +7,5 @@ pub mod mount;
 pub mod names;
 pub mod paths;
 pub mod runtime;
+pub mod secret;
 pub mod vm;
