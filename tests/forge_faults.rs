@@ -105,7 +105,7 @@ fn rate_limit_reset_is_respected() {
         1,
         status(403, None, Some(2), None),
     );
-    let (st, log) = one_job(&w, &["--no-jit"]);
+    let (st, log) = one_job(&w, &["--no-jit", "--accept-scope-token"]);
     assert!(st.success(), "{st}\n{log}");
     let posts: Vec<_> = w
         .forge
@@ -136,7 +136,7 @@ fn server_errors_are_recovered() {
         1,
         status(502, None, None, None),
     );
-    let (st, log) = one_job(&w, &["--no-jit"]);
+    let (st, log) = one_job(&w, &["--no-jit", "--accept-scope-token"]);
     assert!(st.success(), "{st}\n{log}");
     assert!(log.contains("503") && log.contains("trying again"), "{log}");
     assert!(

@@ -136,6 +136,14 @@ pub fn runner_config(
             return err(format!("{flag}: quotes and newlines are not allowed"));
         }
     }
+    if o.no_jit && !o.accept_scope_token {
+        return err(
+            "--no-jit hands every guest a registration token valid for the whole scope (-s/-p) for an hour: a job \
+             could register runners of its own there; use JIT (the default) where the forge has it, or add \
+             --accept-scope-token"
+                .into(),
+        );
+    }
     if let Some(s) = o.secret.as_ref().map(|s| s.expose()) {
         if s.len() < 16 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return err("-S/--secret must be at least 16 letters or digits".into());
@@ -367,10 +375,20 @@ mod tests {
     }
 
     #[test]
+    fn no_jit_needs_its_explicit_opt_in() {
+        let e = parse(&["-T", "x", "-p", "o/r", "--no-jit"]).unwrap_err().0;
+        assert!(e.contains("--accept-scope-token"), "{e}");
+        let c = parse(&["-T", "x", "-p", "o/r", "--no-jit", "--accept-scope-token"]).unwrap();
+        assert!(!c.jit);
+    }
+
+    #[test]
     fn debug_of_the_options_and_the_config_shows_no_credential() {
         let pat = "ghp_SuperSecretPat0123456789";
         let fixed = "FixedSecret0123456789abcdef";
-        let args = ["runner", "-T", pat, "-S", fixed, "-p", "o/r", "-R", "krunvm"];
+        let args = [
+            "runner", "-T", pat, "-S", fixed, "-p", "o/r", "-R", "krunvm",
+        ];
         let cli = crate::cli::RunnerCli::try_parse_from(args).unwrap();
         let c = runner_config(&cli.opts, &cli.loop_id, None, None).unwrap();
         for shown in [format!("{cli:?}"), format!("{c:?}")] {

@@ -200,9 +200,15 @@ pub struct RunnerOpts {
     #[arg(long = "max-failures", env = "RUNNER_MAX_FAILURES", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_failures: u32,
-    /// Use a registration token and config.sh instead of a JIT config.
+    /// Use a registration token and config.sh instead of a JIT config, for forges
+    /// without JIT. Weaker: every guest gets a token that registers runners at the
+    /// whole scope for an hour; needs --accept-scope-token.
     #[arg(long = "no-jit", env = "RUNNER_NO_JIT")]
     pub no_jit: bool,
+    /// With --no-jit: accept that each guest (and so each job) holds a registration
+    /// token valid for the whole scope (-s/-p) for an hour.
+    #[arg(long = "accept-scope-token", env = "RUNNER_ACCEPT_SCOPE_TOKEN")]
+    pub accept_scope_token: bool,
     /// Seconds a busy job may go on after the loop is asked to stop.
     #[arg(
         long = "grace",

@@ -5,7 +5,14 @@
 /// Short options of `runner` that take no value (they may be clustered: `-vU`).
 const SHORT_FLAGS: &[char] = &['v', 'U', 'h', 'V'];
 /// Long options of `runner` that take no value.
-const LONG_FLAGS: &[&str] = &["update", "verbose", "no-jit", "help", "version"];
+const LONG_FLAGS: &[&str] = &[
+    "update",
+    "verbose",
+    "no-jit",
+    "accept-scope-token",
+    "help",
+    "version",
+];
 
 /// Split `args` into (args without secrets, PAT, secret). The last occurrence wins,
 /// as with clap.

@@ -81,10 +81,7 @@ impl RunnerError {
 
 /// What a backend cannot enforce is refused, not silently weakened (exit 2); what
 /// it cannot isolate is said at every loop start.
-fn refuse_what_the_backend_cannot_hold(
-    cfg: &RunnerConfig,
-    runtime: Runtime,
-) -> Result<(), RunnerError> {
+fn check_isolation(cfg: &RunnerConfig, runtime: Runtime) -> Result<(), RunnerError> {
     if runtime == Runtime::Krunvm {
         let ro = cfg.mounts.iter().find(|m| {
             m.options
@@ -101,6 +98,13 @@ fn refuse_what_the_backend_cannot_hold(
             ))
             .into());
         }
+    }
+    if !cfg.jit {
+        warn!(
+            "--no-jit: every guest holds a registration token valid for the whole scope ({}) for an hour; \
+             a job can register runners of its own there. Use JIT wherever the forge has it",
+            cfg.principal
+        );
     }
     if matches!(runtime, Runtime::Krunvm | Runtime::Podman) {
         warn!(
@@ -134,7 +138,7 @@ impl Loop {
         stop: watch::Receiver<bool>,
     ) -> Result<Loop, RunnerError> {
         let backend = Backend::detect(cfg.runtime, &cfg.qemu)?;
-        refuse_what_the_backend_cannot_hold(&cfg, backend.runtime())?;
+        check_isolation(&cfg, backend.runtime())?;
         let forge = Forge::new(cfg.endpoints.clone(), cfg.scope, &cfg.principal, &cfg.auth).await?;
         let group_id = forge.resolve_group(&cfg.group).await?;
         let (dir, own) = match (&cfg.environment, isolation) {
