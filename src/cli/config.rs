@@ -251,6 +251,7 @@ pub fn runner_config(
         secret: o.secret.clone(),
         grace: o.grace,
         boot_timeout: o.boot_timeout,
+        vm_lifetime: std::time::Duration::from_secs(o.vm_lifetime),
         verbose: o.verbose,
     })
 }

@@ -221,6 +221,11 @@ pub struct RunnerOpts {
     #[arg(long = "boot-timeout", env = "RUNNER_BOOT_TIMEOUT", default_value_t = 300, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub boot_timeout: u64,
+    /// Seconds a VM may live at all, job included; then it is killed (a host-side
+    /// bound: a job cannot keep its VM, and its network, past it).
+    #[arg(long = "vm-lifetime", env = "RUNNER_VM_LIFETIME", default_value_t = 86400, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub vm_lifetime: u64,
     /// QEMU: accelerator; auto uses KVM only when a probe guest really boots with it.
     #[arg(
         long = "accel",

@@ -361,6 +361,15 @@ impl LocalForge {
         self.lock().runners.values().cloned().collect()
     }
 
+    /// Remove a runner as GitHub would (an admin, or the service after its job),
+    /// whatever it is doing. True when it was there.
+    pub fn remove_runner(&self, name: &str) -> bool {
+        let mut st = self.lock();
+        let before = st.runners.len();
+        st.runners.retain(|_, r| r.name != name);
+        st.runners.len() != before
+    }
+
     /// Counters.
     pub fn stats(&self) -> Stats {
         self.lock().stats.clone()

@@ -58,6 +58,8 @@ pub struct RunnerConfig {
     pub grace: u64,
     /// Boot deadline to `.tkn`.
     pub boot_timeout: u64,
+    /// `--vm-lifetime`: the hard bound on one VM's life.
+    pub vm_lifetime: std::time::Duration,
     /// Verbosity.
     pub verbose: u8,
     /// QEMU settings.

@@ -151,6 +151,9 @@ impl Loop {
         let mut stop = self.stop.clone();
         let mut drained = false;
         let mut ticks: u32 = 0;
+        let gone_check = gone_check_interval();
+        let mut last_gone_check = Instant::now();
+        let mut gone_since: Option<Instant> = None;
         let status = loop {
             tokio::select! {
                 st = child.wait() => break st.ok(),
@@ -168,13 +171,40 @@ impl Loop {
             if ticks % 10 == 0 {
                 if let Some(over) = self.dir.as_deref().and_then(overfilled) {
                     warn!("VM {name} filled its loop directory ({over}): killing it");
-                    return Ok(self
-                        .abandon_boot(
-                            name,
-                            &mut child,
-                            format!("VM {name} filled its loop directory ({over})"),
-                        )
-                        .await);
+                    let why = format!("VM {name} filled its loop directory ({over})");
+                    return Ok(self.abandon(name, &mut child, why, ready).await);
+                }
+            }
+            if !drained && started.elapsed() >= self.cfg.vm_lifetime {
+                let why = format!(
+                    "VM {name} reached --vm-lifetime {}s",
+                    self.cfg.vm_lifetime.as_secs()
+                );
+                warn!("{why}: killing it");
+                return Ok(self.abandon(name, &mut child, why, ready).await);
+            }
+            // A runner gone from GitHub whose VM lives on: its job is over (or was
+            // taken away) and nothing more can come; a guest keeping its VM past
+            // that is ended.
+            if ready && !drained && last_gone_check.elapsed() >= gone_check {
+                last_gone_check = Instant::now();
+                let found =
+                    tokio::time::timeout(Duration::from_secs(10), self.forge.find_runner(name))
+                        .await;
+                match found {
+                    Ok(Ok(None)) => {
+                        let since = *gone_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= gone_check {
+                            let why = format!(
+                                "runner {name} is gone from GitHub but its VM still runs after {}s",
+                                since.elapsed().as_secs()
+                            );
+                            warn!("{why}: killing it");
+                            return Ok(self.abandon(name, &mut child, why, ready).await);
+                        }
+                    }
+                    Ok(Ok(Some(_))) => gone_since = None,
+                    _ => {}
                 }
             }
             if !ready && self.backend.boot_stalled(name, started.elapsed()) {
@@ -278,13 +308,25 @@ impl Loop {
         child: &mut tokio::process::Child,
         why: String,
     ) -> Iteration {
+        self.abandon(name, child, why, false).await
+    }
+
+    /// Kill a VM: before its runner was up the iteration failed for `why`; after,
+    /// the VM ended badly but its runner counted (`why` is already logged).
+    async fn abandon(
+        &mut self,
+        name: &str,
+        child: &mut tokio::process::Child,
+        why: String,
+        ready: bool,
+    ) -> Iteration {
         self.backend.force_stop(name, child).await;
         let _ = child.wait().await;
         self.last_exit = Some(Instant::now());
         Iteration {
-            ready: false,
+            ready,
             end: false,
-            failure: Some(why),
+            failure: (!ready).then_some(why),
             deprecated: false,
         }
     }
@@ -365,4 +407,16 @@ fn overfilled(dir: &Path) -> Option<String> {
                 LOOP_DIR_MAX_BYTES >> 20
             )
         })
+}
+
+/// How often the loop asks GitHub whether a running VM's runner is still there,
+/// and how long a VM may outlive its runner: 60 s (`GHRM_GONE_CHECK_SECONDS`
+/// changes it, for tests and for hosts that must spend fewer API calls).
+fn gone_check_interval() -> Duration {
+    let secs = std::env::var("GHRM_GONE_CHECK_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(60);
+    Duration::from_secs(secs)
 }
