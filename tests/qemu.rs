@@ -702,3 +702,37 @@ fn qemu_a_vm_cannot_outlive_its_bounds() {
         assert!(left.is_empty(), "{case}: {left:?}");
     }
 }
+
+/// A guest printing without end on its console (`yes > /dev/ttyS0`, as root) is
+/// stopped at `--console-limit` with the VM still supervised: killed, cleaned up,
+/// and the loop goes on.
+#[test]
+fn qemu_a_console_flood_is_stopped_at_the_bound() {
+    let w = World::new();
+    w.forge.queue_job(
+        REPO,
+        &[],
+        "printf '\\033]0;owned\\007\\033[2J' > /dev/ttyS0; yes 0123456789abcdefghijklmnopqrstuvwxyz > /dev/ttyS0",
+    );
+    let args = qemu_args(&w, &["-u", "root", "--console-limit", "1M"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
+    let expect = "printed more than --console-limit 1048576 bytes on its console: killing it";
+    w.wait_for(
+        "the flood to be stopped",
+        Duration::from_secs(240),
+        &p,
+        || p.log().contains(expect),
+    );
+    p.signal(Signal::SIGTERM);
+    let st = p.finish(Duration::from_secs(120));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "a guest's escape sequence reached the log: {log}"
+    );
+    assert!(ghrm_qemu_state(&w).is_empty(), "{:?}", ghrm_qemu_state(&w));
+    let left = w.wait_no_processes(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -128,6 +128,11 @@ pub trait Hypervisor: std::fmt::Debug {
         None
     }
 
+    /// How many bytes the VM's console holds, where the backend keeps one.
+    fn console_bytes(&self, _name: &str) -> Option<u64> {
+        None
+    }
+
     /// Ask the guest to shut down through the hypervisor (an ACPI power button).
     /// False when nothing was sent.
     fn powerdown<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, bool> {
@@ -212,6 +217,11 @@ impl Backend {
     /// The tail of the VM's console, when the backend keeps one.
     pub fn console_tail(&self, name: &str) -> Option<String> {
         self.0.console_tail(name)
+    }
+
+    /// How many bytes the VM's console holds, where the backend keeps one.
+    pub fn console_bytes(&self, name: &str) -> Option<u64> {
+        self.0.console_bytes(name)
     }
 
     /// Ask the guest to shut down through the hypervisor, where there is a way.

@@ -252,6 +252,7 @@ pub fn runner_config(
         grace: o.grace,
         boot_timeout: o.boot_timeout,
         vm_lifetime: std::time::Duration::from_secs(o.vm_lifetime),
+        console_limit: o.console_limit,
         verbose: o.verbose,
     })
 }

@@ -35,8 +35,28 @@ pub(crate) fn parse_runtime(s: &str) -> Result<RuntimeChoice, String> {
         })
 }
 
-/// A size with an optional K/M/G/T suffix (powers of 1024), e.g. `16G`.
+/// A file system's size: [`parse_bytes`], 0 or at least 16M.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(s)?;
+    if bytes != 0 && bytes < 16 << 20 {
+        return Err(format!(
+            "{s:?} is too small for a file system (at least 16M, or 0 for none)"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A number of bytes, at least 64K, e.g. `64M`: [`parse_bytes`].
+pub fn parse_limit(s: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(s)?;
+    if bytes < 64 << 10 {
+        return Err(format!("{s:?} is too small (at least 64K)"));
+    }
+    Ok(bytes)
+}
+
+/// A size with an optional K/M/G/T suffix (powers of 1024), e.g. `16G`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
@@ -54,15 +74,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 16G, 0)"))?;
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
-    if bytes != 0 && bytes < 16 << 20 {
-        return Err(format!(
-            "{s:?} is too small for a file system (at least 16M, or 0 for none)"
-        ));
-    }
-    Ok(bytes)
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Verbosity from `-v` count plus a numeric environment variable.

@@ -226,6 +226,10 @@ pub struct RunnerOpts {
     #[arg(long = "vm-lifetime", env = "RUNNER_VM_LIFETIME", default_value_t = 86400, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub vm_lifetime: u64,
+    /// QEMU: bytes a VM's console may grow to (e.g. 64M); a guest that prints
+    /// more is killed, so it cannot fill the host's disk.
+    #[arg(long = "console-limit", env = "RUNNER_CONSOLE_LIMIT", value_name = "SIZE", default_value = "64M", value_parser = super::parse_limit)]
+    pub console_limit: u64,
     /// QEMU: accelerator; auto uses KVM only when a probe guest really boots with it.
     #[arg(
         long = "accel",

@@ -223,7 +223,7 @@ pub fn run(args: DemoConfig, n: u32) -> Result<(), DemoError> {
         )));
     }
     for j in forge.jobs() {
-        let out = j.output.lines().next().unwrap_or("");
+        let out = crate::types::text::printable(j.output.lines().next().unwrap_or(""));
         eprintln!(
             "  {out}{}",
             if j.exit_code == Some(0) {

@@ -60,6 +60,8 @@ pub struct RunnerConfig {
     pub boot_timeout: u64,
     /// `--vm-lifetime`: the hard bound on one VM's life.
     pub vm_lifetime: std::time::Duration,
+    /// `--console-limit`: bytes a VM's console may hold.
+    pub console_limit: u64,
     /// Verbosity.
     pub verbose: u8,
     /// QEMU settings.

@@ -175,6 +175,19 @@ impl Loop {
                     return Ok(self.abandon(name, &mut child, why, ready).await);
                 }
             }
+            if ticks % 10 == 0
+                && self
+                    .backend
+                    .console_bytes(name)
+                    .is_some_and(|b| b > self.cfg.console_limit)
+            {
+                let why = format!(
+                    "VM {name} printed more than --console-limit {} bytes on its console",
+                    self.cfg.console_limit
+                );
+                warn!("{why}: killing it");
+                return Ok(self.abandon(name, &mut child, why, ready).await);
+            }
             if !drained && started.elapsed() >= self.cfg.vm_lifetime {
                 let why = format!(
                     "VM {name} reached --vm-lifetime {}s",

@@ -8,4 +8,5 @@ pub mod names;
 pub mod paths;
 pub mod runtime;
 pub mod secret;
+pub mod text;
 pub mod vm;

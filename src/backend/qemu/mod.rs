@@ -262,6 +262,10 @@ impl Hypervisor for Qemu {
         Qemu::console_tail(self, name, 25)
     }
 
+    fn console_bytes(&self, name: &str) -> Option<u64> {
+        Qemu::console_bytes(self, name)
+    }
+
     fn powerdown<'a>(&'a self, name: &'a str) -> BoxFuture<'a, bool> {
         Box::pin(Qemu::powerdown(self, name))
     }
