@@ -566,7 +566,8 @@ fn qemu_panicking_and_hanging_guests_are_reported_and_retried() {
 #[test]
 fn qemu_dev_dir_and_mounts() {
     let w = World::new();
-    let cache = w.dir.path().join("cache");
+    // A comma in a host path must not end QEMU's -fsdev option list.
+    let cache = w.dir.path().join("ca,readonly=on,che");
     std::fs::create_dir_all(&cache).unwrap();
     w.forge.queue_job(REPO, &[], "echo \"pid1=$(readlink /proc/1/exe)\"; echo from-the-guest > /cache/written; echo mounts-ok");
     let dev = crate::common::bin("entrypoint")

@@ -54,6 +54,9 @@ pub enum BackendError {
     /// A tool could not be run.
     #[error("cannot run {0}")]
     Spawn(String, #[source] std::io::Error),
+    /// Not enough room for a VM's disk.
+    #[error("{0}: {1}")]
+    NoRoom(std::path::PathBuf, String),
     /// The image (a QEMU bundle) is unusable.
     #[error("-i {0}: {1}")]
     Image(std::path::PathBuf, String),

@@ -116,7 +116,7 @@ impl Qemu {
                 "-fsdev",
                 &format!(
                     "local,id={tag},path={},security_model=mapped-xattr{ro}",
-                    host.display()
+                    qemu_escape(&host.display().to_string())
                 ),
             ]);
             push(&[

@@ -21,6 +21,21 @@ impl Qemu {
             .map_err(|e| BackendError::Spawn(format!("mkdir {}", root.display()), e))?;
         let path = self.scratch_path(name);
         let _ = std::fs::remove_file(&path);
+        // Sparse, but a job may fill it: refuse a disk the file system could not hold.
+        if let Ok(st) = nix::sys::statvfs::statvfs(&root) {
+            let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+            if free < self.cfg.scratch {
+                return Err(BackendError::NoRoom(
+                    root.clone(),
+                    format!(
+                        "only {} MiB free for a {} MiB scratch disk: free space there, lower --scratch-size, \
+                         or set GHRM_SCRATCH_DIR to a larger file system",
+                        free >> 20,
+                        self.cfg.scratch >> 20
+                    ),
+                ));
+            }
+        }
         let f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -79,4 +94,26 @@ pub fn mkfs_ext4() -> PathBuf {
                 .find(|p| p.is_file())
         })
         .unwrap_or_else(|| PathBuf::from("mkfs.ext4"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{NetMode, Qemu, QemuConfig};
+    use crate::backend::BackendError;
+
+    #[test]
+    fn a_scratch_disk_larger_than_the_free_space_is_refused() {
+        let q = Qemu::new(QemuConfig {
+            net: NetMode::Restricted,
+            scratch: 1 << 60,
+            ..Default::default()
+        })
+        .expect("qemu-system-x86_64 (scripts/install-deps.sh)");
+        let name = format!("GH-test-scratch-{}", std::process::id());
+        match q.make_scratch(&name) {
+            Err(BackendError::NoRoom(_, why)) => assert!(why.contains("--scratch-size"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!q.scratch_path(&name).exists());
+    }
 }
