@@ -23,7 +23,7 @@ impl Qemu {
         let _ = std::fs::remove_file(&path);
         // Sparse, but a job may fill it: refuse a disk the file system could not hold.
         if let Ok(st) = nix::sys::statvfs::statvfs(&root) {
-            let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+            let free = st.blocks_available().saturating_mul(st.fragment_size());
             if free < self.cfg.scratch {
                 return Err(BackendError::NoRoom(
                     root.clone(),
