@@ -220,14 +220,58 @@ fn qemu_idle_guest_stops_through_trm() {
     idle_guest_stops(&["-n", "1", "-R", "qemu"], "idle, stopping now");
 }
 
-/// `-I` on QEMU: with no `.trm` to write, the idle guest is stopped through QMP
-/// `system_powerdown` (the ACPI power button), not by killing QEMU.
+/// `-I` on QEMU is refused (exit 2): the guest's configuration would travel on
+/// QEMU's command line, readable in the host's process list and `/proc/cmdline`.
 #[test]
-fn qemu_insecure_stop_uses_the_acpi_power_button() {
-    idle_guest_stops(
-        &["-I", "-n", "1", "-R", "qemu"],
-        "to power down (ACPI power button)",
+fn qemu_refuses_insecure_mode() {
+    let w = World::new();
+    let args = qemu_args(&w, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut o = w.orchestrator(&["-I", "-n", "1", "-R", "qemu"], &args);
+    let st = o.finish(Duration::from_secs(60));
+    let log = o.log();
+    assert!(!st.success(), "{log}");
+    assert!(
+        log.contains("-I with QEMU would put the guest's configuration"),
+        "{log}"
     );
+    assert_eq!(w.forge.stats().jit_configs, 0, "{log}");
+    assert!(ghrm_qemu_state(&w).is_empty(), "{log}");
+}
+
+/// A guest deaf to `.trm` (a root job mounts over `/_environment`) is still
+/// stopped through QMP `system_powerdown` (the ACPI power button) before QEMU is
+/// killed.
+#[test]
+fn qemu_a_guest_deaf_to_trm_is_stopped_by_the_power_button() {
+    let w = World::new();
+    w.forge.queue_job(
+        REPO,
+        &[],
+        "mount -t tmpfs none /_environment && echo deaf; sleep 600",
+    );
+    let args = qemu_args(&w, &["-u", "root", "--grace", "2"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
+    w.wait_for(
+        "a busy runner in a VM",
+        Duration::from_secs(150),
+        &p,
+        || w.forge.runners().iter().any(|r| r.busy),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    p.signal(Signal::SIGTERM);
+    let mut p = p;
+    let st = p.finish(Duration::from_secs(120));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(log.contains("to power down (ACPI power button)"), "{log}");
+    assert!(
+        w.forge.runners().is_empty() && w.env_roots().is_empty() && ghrm_qemu_state(&w).is_empty(),
+        "{log}"
+    );
+    let left = w.wait_no_processes(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// SIGTERM to the orchestrator while a VM runs a job: clean exit, no QEMU left;

@@ -81,7 +81,27 @@ impl RunnerError {
 
 /// What a backend cannot enforce is refused, not silently weakened (exit 2); what
 /// it cannot isolate is said at every loop start.
-fn check_isolation(cfg: &RunnerConfig, runtime: Runtime) -> Result<(), RunnerError> {
+fn check_isolation(
+    cfg: &RunnerConfig,
+    runtime: Runtime,
+    isolation: bool,
+) -> Result<(), RunnerError> {
+    if !isolation && runtime == Runtime::Qemu {
+        return Err(ConfigError(
+            "-I with QEMU would put the guest's configuration (its JIT config and secret) on QEMU's command line, \
+             readable in this host's process list and in the guest's /proc/cmdline; QEMU VMs always get a loop \
+             directory: drop -I (ORCHESTRATOR_ISOLATION)"
+                .into(),
+        )
+        .into());
+    }
+    if !isolation {
+        warn!(
+            "-I: the guest's configuration, its JIT config included, travels on the {} command line, readable \
+             by every user of this host in the process list",
+            runtime.name()
+        );
+    }
     if runtime == Runtime::Krunvm {
         let ro = cfg.mounts.iter().find(|m| {
             m.options
@@ -138,7 +158,7 @@ impl Loop {
         stop: watch::Receiver<bool>,
     ) -> Result<Loop, RunnerError> {
         let backend = Backend::detect(cfg.runtime, &cfg.qemu)?;
-        check_isolation(&cfg, backend.runtime())?;
+        check_isolation(&cfg, backend.runtime(), isolation)?;
         let forge = Forge::new(cfg.endpoints.clone(), cfg.scope, &cfg.principal, &cfg.auth).await?;
         let group_id = forge.resolve_group(&cfg.group).await?;
         let (dir, own) = match (&cfg.environment, isolation) {
