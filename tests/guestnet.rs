@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,44 +16,68 @@ use std::time::Duration;
 use crate::common::{World, PRELUDE, REPO};
 use ghrm::localforge::JobStatus;
 
-/// A host on "the internet": a network namespace joined to this host by a veth
-/// pair, holding `addrs`, routed from the host. Removed when dropped.
+/// Hosts on "the internet": a network namespace joined to this host by a veth
+/// pair on a transit network `<transit>.1/30` (this host) – `.2/30` (the far
+/// side), holding `addrs` (each a /32), which this host routes through the far
+/// side: not on any network of this host's, as the internet is not. Removed when
+/// dropped (and with this test process, by its death signal).
 struct InternetHost {
     holder: std::process::Child,
     link: String,
 }
 
 impl InternetHost {
-    /// `host_side` is this host's address on the link (`a.b.c.1/24`), `addrs`
-    /// the addresses inside (the first on the link's subnet), `routes` what this
-    /// host routes through the link besides that subnet.
-    fn new(host_side: &str, addrs: &[&str], routes: &[&str]) -> InternetHost {
-        let holder = Command::new("unshare")
-            .args(["--net", "sleep", "600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("unshare (util-linux)");
+    /// `transit` is the first three octets and the base of a /30 (`198.18.0.0`),
+    /// `routes` what this host sends through the far side.
+    fn new(transit: &str, addrs: &[&str], routes: &[&str]) -> InternetHost {
+        let mut holder = Command::new("unshare");
+        holder.args(["--net", "sleep", "600"]).stdin(Stdio::null());
+        // SAFETY: prctl only: the namespace (and its routes' far side) goes with us.
+        unsafe {
+            holder.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let holder = holder.spawn().expect("unshare (util-linux)");
         let link = format!("ghrm{}", protocol::secret::random_alnum(6).unwrap());
         let me = InternetHost { holder, link };
         let pid = me.holder.id().to_string();
-        std::thread::sleep(Duration::from_millis(100));
+        // Wait until the holder is in its own namespace (unshare has run).
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .ok()
+            .as_ref()
+            == Some(&own)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unshare --net did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let base: std::net::Ipv4Addr = transit.parse().unwrap();
+        let near = std::net::Ipv4Addr::from(u32::from(base) + 1).to_string();
+        let far = std::net::Ipv4Addr::from(u32::from(base) + 2).to_string();
         let peer = format!("{}p", me.link);
-        let via = host_side.split('/').next().unwrap();
         me.ip(&[
             "link", "add", &me.link, "type", "veth", "peer", "name", &peer,
         ]);
         me.ip(&["link", "set", &peer, "netns", &pid]);
-        me.ip(&["addr", "add", host_side, "dev", &me.link]);
+        me.ip(&["addr", "add", &format!("{near}/30"), "dev", &me.link]);
         me.ip(&["link", "set", &me.link, "up"]);
         me.inside(&["link", "set", "lo", "up"]);
+        me.inside(&["addr", "add", &format!("{far}/30"), "dev", &peer]);
         me.inside(&["link", "set", &peer, "up"]);
         for a in addrs {
-            me.inside(&["addr", "add", a, "dev", &peer]);
+            me.inside(&["addr", "add", &format!("{a}/32"), "dev", &peer]);
         }
-        me.inside(&["route", "add", "default", "via", via]);
+        me.inside(&["route", "add", "default", "via", &near]);
         for r in routes {
-            let first = addrs[0].split('/').next().unwrap();
-            me.ip(&["route", "add", r, "via", first, "dev", &me.link]);
+            me.ip(&["route", "add", r, "via", &far, "dev", &me.link]);
         }
         me
     }
@@ -171,32 +196,37 @@ const GUEST_FORGE: &str = "10.0.2.100:80";
 /// The default network, no `--net` option: internet yes, host no.
 #[test]
 fn a_job_reaches_the_internet_and_nothing_of_the_host() {
-    isolation(None, "198.51.100", "10.99");
+    isolation(None, "198.18.0.0", "198.51.100.10", "10.99", true);
 }
 
 /// The same for a user who is not root: the namespace, its filter and its
 /// connector need no privilege.
 #[test]
 fn the_default_network_needs_no_root() {
-    isolation(Some(65534), "203.0.113", "10.98");
+    isolation(Some(65534), "198.18.0.4", "203.0.113.10", "10.98", false);
 }
 
 /// A job under the default network, for `user` (None: this test's own, root),
-/// with the internet host at `<public>.10` and LAN hosts at `<lan>.0.10`
-/// (opened by `--net-allow <lan>.0.0/24`) and `<lan>.1.10` (not opened).
-fn isolation(user: Option<u32>, public: &str, lan: &str) {
-    let site_ip = format!("{public}.10");
+/// with the internet host at `site_ip` (behind the transit /30 `transit`) and LAN
+/// hosts at `<lan>.0.10` (opened by `--net-allow <lan>.0.0/24`) and `<lan>.1.10`
+/// (not opened); `metadata`: a cloud metadata service at 169.254.169.254 too.
+fn isolation(user: Option<u32>, transit: &str, site_ip: &str, lan: &str, metadata: bool) {
+    let site_ip = site_ip.to_string();
     let (lan_ip, other_ip) = (format!("{lan}.0.10"), format!("{lan}.1.10"));
+    let mut addrs = vec![site_ip.clone(), lan_ip.clone(), other_ip.clone()];
+    let mut routes = vec![
+        format!("{site_ip}/32"),
+        format!("{lan}.0.0/24"),
+        format!("{lan}.1.0/24"),
+    ];
+    if metadata {
+        addrs.push("169.254.169.254".into());
+        routes.push("169.254.169.254/32".into());
+    }
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
     // Declared first, dropped last: no guest outlives the routes to it.
-    let inet = InternetHost::new(
-        &format!("{public}.1/24"),
-        &[
-            &format!("{site_ip}/24"),
-            &format!("{lan_ip}/24"),
-            &format!("{other_ip}/24"),
-        ],
-        &[&format!("{lan}.0.0/24"), &format!("{lan}.1.0/24")],
-    );
+    let inet = InternetHost::new(transit, &addrs, &routes);
     let (site, site_hits) = http(&site_ip, "internet-ok\n");
     inet.serve(site);
     inet.serve(dns(&site_ip));
@@ -204,6 +234,13 @@ fn isolation(user: Option<u32>, public: &str, lan: &str) {
     inet.serve(lan_srv);
     let (other, other_hits) = http(&other_ip, "other-lan\n");
     inet.serve(other);
+    let meta_hits = if metadata {
+        let (m, hits) = http("169.254.169.254", "metadata\n");
+        inet.serve(m);
+        Some(hits)
+    } else {
+        None
+    };
 
     let (p_lo, lo_hits) = canary("127.0.0.1:0");
     let (p_any, any_hits) = canary("0.0.0.0:0");
@@ -218,9 +255,11 @@ fn isolation(user: Option<u32>, public: &str, lan: &str) {
         format!("10.0.2.2 {p_any}"),
         format!("10.0.3.2 {p_any}"),
         format!("10.0.3.100 {p_any}"),
-        "169.254.169.254 80".to_string(),
         format!("fec0::2 {p_any6}"),
     ];
+    if metadata {
+        tries.push("169.254.169.254 80".to_string());
+    }
     for a in &host {
         match a {
             IpAddr::V4(_) => tries.push(format!("{a} {p_any}")),
@@ -301,6 +340,13 @@ fn isolation(user: Option<u32>, public: &str, lan: &str) {
     assert!(site_hits.load(Ordering::SeqCst) >= 1);
     assert!(lan_hits.load(Ordering::SeqCst) >= 1);
     assert_eq!(other_hits.load(Ordering::SeqCst), 0, "{out}");
+    if let Some(m) = meta_hits {
+        assert_eq!(
+            m.load(Ordering::SeqCst),
+            0,
+            "the metadata service was reached:\n{out}"
+        );
+    }
     for (what, n) in [
         ("127.0.0.1", &lo_hits),
         ("0.0.0.0", &any_hits),
@@ -366,14 +412,16 @@ fn sink_source(
 #[ignore = "benchmark: scripts/bench-net.sh"]
 fn bench_guest_network() {
     const MIB: usize = 100;
-    let inet = InternetHost::new("198.51.100.1/24", &["198.51.100.10/24"], &[]);
-    let (src, times) = sink_source("198.51.100.10", MIB << 20);
+    let inet = InternetHost::new("198.18.0.8", &["198.51.100.30"], &["198.51.100.30/32"]);
+    let (src, times) = sink_source("198.51.100.30", MIB << 20);
     inet.serve(src);
     // The namespace, filter and connector alone, as each VM start pays them.
     let tools = ghrm::guestnet::sandbox::Tools::find().unwrap();
+    let host = ghrm::guestnet::host_nets().unwrap();
     let rules = ghrm::guestnet::Policy::default().ruleset(
-        &ghrm::guestnet::host_addresses().unwrap(),
+        &host.addresses,
         &ghrm::guestnet::sandbox::connector_addresses(),
+        &host.onlink,
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -399,7 +447,7 @@ fn bench_guest_network() {
         let job = w.forge.queue_job(
             REPO,
             &[],
-            "echo \"got=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 60 198.51.100.10 80 | wc -c)\"",
+            "echo \"got=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 60 198.51.100.30 80 | wc -c)\"",
         );
         let b = crate::common::qemu_bundle().display().to_string();
         let fwd = format!("{GUEST_FORGE}=127.0.0.1:{port}");

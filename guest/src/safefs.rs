@@ -209,19 +209,23 @@ pub fn usage(dir: &Path, max_entries: u64, max_bytes: u64) -> io::Result<Usage> 
     while let Some(d) = stack.pop() {
         let rd = match std::fs::read_dir(&d) {
             Ok(rd) => rd,
-            // A directory the guest closed or removed meanwhile.
-            Err(_) if d != dir => continue,
-            Err(e) => return Err(e),
+            // Removed meanwhile: nothing to count. Anything else unreadable (a
+            // directory its writer closed, a tree deeper than a path may be long)
+            // cannot be measured: an error, for the caller to fail closed on.
+            Err(e) if d != dir && e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", d.display()))),
         };
         for entry in rd {
-            let Ok(entry) = entry else { continue };
+            let entry = entry?;
             u.entries += 1;
-            if let Ok(m) = std::fs::symlink_metadata(entry.path()) {
-                if m.is_dir() {
-                    stack.push(entry.path());
-                } else if m.is_file() {
-                    u.bytes = u.bytes.saturating_add(m.blocks().saturating_mul(512));
+            match std::fs::symlink_metadata(entry.path()) {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) if m.is_file() => {
+                    u.bytes = u.bytes.saturating_add(m.blocks().saturating_mul(512))
                 }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
             if u.exceeds(max_entries, max_bytes) {
                 return Ok(u);
@@ -413,6 +417,30 @@ mod tests {
         assert_eq!(u.entries, 3);
         assert!(u.bytes >= 64 << 10 && u.bytes < 1 << 20, "{u:?}");
         assert!(!u.exceeds(100, 1 << 30));
+        // A tree deeper than a path may be long cannot be measured: an error.
+        let name = "d".repeat(200);
+        std::fs::create_dir(p.join("deep")).unwrap();
+        let mut at = std::fs::File::open(p.join("deep")).unwrap();
+        for _ in 0..25 {
+            // Relative creation, as a guest's file server does it, one level at a time.
+            nix::sys::stat::mkdirat(&at, name.as_str(), nix::sys::stat::Mode::S_IRWXU).unwrap();
+            let next = nix::fcntl::openat(
+                &at,
+                name.as_str(),
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+                nix::sys::stat::Mode::empty(),
+            )
+            .unwrap();
+            at = std::fs::File::from(next);
+        }
+        drop(at);
+        assert!(usage(p, 10_000, 1 << 30).is_err());
+        let st = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(p.join("deep"))
+            .status()
+            .unwrap();
+        assert!(st.success());
         for i in 0..50 {
             std::fs::write(p.join(format!("n{i}")), "").unwrap();
         }

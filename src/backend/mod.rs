@@ -69,7 +69,7 @@ pub enum BackendError {
     ),
     /// The image is not a usable QEMU bundle; the cause follows.
     /// The guest network could not be set up.
-    #[error("guest network")]
+    #[error("guest network: {0}")]
     Network(#[from] crate::guestnet::sandbox::SandboxError),
     #[error("-i {0}: not a usable QEMU bundle")]
     Bundle(std::path::PathBuf, #[source] crate::image::ImageError),

@@ -63,8 +63,13 @@ impl Proxy {
         let listener = tokio::net::UnixListener::bind(path)?;
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let task = tokio::spawn(async move {
+            // The connections go with the proxy: aborting this task drops the set.
+            let mut conns = tokio::task::JoinSet::new();
             loop {
+                while conns.try_join_next().is_some() {}
                 let Ok((mut guest, _)) = listener.accept().await else {
+                    // EMFILE and the like: do not spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -74,7 +79,7 @@ impl Proxy {
                     );
                     continue;
                 };
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     if let Ok(mut up) = tokio::net::TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut guest, &mut up).await;
                     }

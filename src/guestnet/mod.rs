@@ -27,17 +27,23 @@ pub const DENY_V4: &[&str] = &[
     "169.254.0.0/16", // link-local: cloud metadata services
     "172.16.0.0/12",  // private
     "192.168.0.0/16", // private
+    "192.0.0.0/24",   // IETF protocol assignments
+    "198.18.0.0/15",  // benchmarking
     "224.0.0.0/3",    // multicast, reserved, broadcast
 ];
 
 /// IPv6 ranges a job may not reach unless `--net-allow` opens them.
 pub const DENY_V6: &[&str] = &[
-    "::/127",        // unspecified, loopback
-    "::ffff:0:0/96", // IPv4-mapped: the IPv4 rules in IPv6 clothes
-    "fc00::/7",      // unique local (private)
-    "fe80::/10",     // link-local: metadata services (fd00:ec2::254 is in fc00::/7)
-    "fec0::/10",     // site-local (deprecated, still routed by some)
-    "ff00::/8",      // multicast
+    "::/127",         // unspecified, loopback
+    "::ffff:0:0/96",  // IPv4-mapped: the IPv4 rules in IPv6 clothes
+    "64:ff9b::/96",   // NAT64: any IPv4 address, private ones included
+    "64:ff9b:1::/48", // local-use NAT64
+    "2001::/32",      // Teredo (IPv4 inside)
+    "2002::/16",      // 6to4 (IPv4 inside)
+    "fc00::/7",       // unique local (private)
+    "fe80::/10",      // link-local: metadata services (fd00:ec2::254 is in fc00::/7)
+    "fec0::/10",      // site-local (deprecated, still routed by some)
+    "ff00::/8",       // multicast
 ];
 
 /// What a job may reach: the internet, plus the ranges the operator opened.
@@ -67,8 +73,10 @@ pub fn parse_allow(s: &str) -> Result<IpNet, String> {
 impl Policy {
     /// The nftables ruleset for a VM's namespace: `host` are the host's own
     /// addresses (always refused), `internal` the connector's own addresses in
-    /// the namespace (its gateway and DNS: always refused).
-    pub fn ruleset(&self, host: &[IpAddr], internal: &[IpAddr]) -> String {
+    /// the namespace (its gateway and DNS: always refused), `onlink` the
+    /// networks the host's interfaces are on (its LAN neighbours, public or not:
+    /// refused unless allowed).
+    pub fn ruleset(&self, host: &[IpAddr], internal: &[IpAddr], onlink: &[IpNet]) -> String {
         let (mut host4, mut host6) = (vec![], vec![]);
         for a in host.iter().chain(internal) {
             match a {
@@ -91,8 +99,14 @@ impl Policy {
             };
             format!("  set {name} {{ type {ty}; flags interval; auto-merge;{elements} }}\n")
         };
-        let deny4: Vec<String> = DENY_V4.iter().map(|s| s.to_string()).collect();
-        let deny6: Vec<String> = DENY_V6.iter().map(|s| s.to_string()).collect();
+        let mut deny4: Vec<String> = DENY_V4.iter().map(|s| s.to_string()).collect();
+        let mut deny6: Vec<String> = DENY_V6.iter().map(|s| s.to_string()).collect();
+        for n in onlink {
+            match n {
+                IpNet::V4(v) => deny4.push(v.trunc().to_string()),
+                IpNet::V6(v) => deny6.push(v.trunc().to_string()),
+            }
+        }
         let mut r = String::from("table inet ghrm {\n");
         r += &set("host4", "ipv4_addr", &host4);
         r += &set("host6", "ipv6_addr", &host6);
@@ -116,21 +130,50 @@ impl Policy {
     }
 }
 
-/// Every address of this host's interfaces (loopback included): the guest may
-/// reach none of them, whatever range they are in.
-pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
-    let mut out = vec![];
+/// This host as the guest must not see it: every address of its interfaces
+/// (loopback included; refused whatever range they are in) and the network each
+/// is on (its on-link neighbours).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostNets {
+    /// The host's own addresses.
+    pub addresses: Vec<IpAddr>,
+    /// The networks its interfaces are on, loopback's left out.
+    pub onlink: Vec<IpNet>,
+}
+
+/// Read the host's interfaces now (each VM start: addresses come and go).
+pub fn host_nets() -> std::io::Result<HostNets> {
+    let mut h = HostNets::default();
     for ifa in nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)? {
-        let Some(a) = ifa.address else { continue };
-        if let Some(v4) = a.as_sockaddr_in() {
-            out.push(IpAddr::V4(v4.ip()));
+        let (Some(a), mask) = (ifa.address, ifa.netmask) else {
+            continue;
+        };
+        let (ip, prefix) = if let Some(v4) = a.as_sockaddr_in() {
+            let p = mask.and_then(|m| m.as_sockaddr_in().map(|m| u32::from(m.ip()).count_ones()));
+            (IpAddr::V4(v4.ip()), p)
         } else if let Some(v6) = a.as_sockaddr_in6() {
-            out.push(IpAddr::V6(v6.ip()));
+            let p = mask.and_then(|m| m.as_sockaddr_in6().map(|m| u128::from(m.ip()).count_ones()));
+            (IpAddr::V6(v6.ip()), p)
+        } else {
+            continue;
+        };
+        h.addresses.push(ip);
+        if let Some(net) = prefix.and_then(|p| IpNet::new(ip, p as u8).ok()) {
+            if !ip.is_loopback() && net.prefix_len() > 0 {
+                h.onlink.push(net.trunc());
+            }
         }
     }
-    out.sort();
-    out.dedup();
-    Ok(out)
+    h.addresses.sort();
+    h.addresses.dedup();
+    h.onlink.sort();
+    h.onlink.dedup();
+    Ok(h)
+}
+
+/// The host's own addresses (see [`host_nets`]).
+pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
+    host_nets().map(|h| h.addresses)
 }
 
 #[cfg(test)]
@@ -160,13 +203,19 @@ mod tests {
             ],
         };
         let host: Vec<IpAddr> = vec!["192.168.10.5".parse().unwrap(), "fd00::2".parse().unwrap()];
-        let r = p.ruleset(&host, &["10.0.3.2".parse().unwrap()]);
+        let onlink = vec![
+            parse_allow("192.168.10.0/24").unwrap(),
+            parse_allow("203.0.113.0/26").unwrap(),
+        ];
+        let r = p.ruleset(&host, &["10.0.3.2".parse().unwrap()], &onlink);
         assert!(r.contains("set host4 { type ipv4_addr; flags interval; auto-merge; elements = { 192.168.10.5, 10.0.3.2 }; }"), "{r}");
         assert!(r.contains("elements = { fd00::2 }"), "{r}");
         assert!(r.contains("elements = { 192.168.10.0/24 }"), "{r}");
         for d in DENY_V4.iter().chain(DENY_V6) {
             assert!(r.contains(d), "{d} missing:\n{r}");
         }
+        // A public on-link neighbour network is denied like a private range.
+        assert!(r.contains("203.0.113.0/26"), "{r}");
         // Order is the policy: the host's own addresses, then the allowed, then
         // the denied ranges.
         let at = |s: &str| r.find(s).unwrap();
@@ -178,7 +227,7 @@ mod tests {
 
     #[test]
     fn empty_sets_have_no_elements_clause() {
-        let r = Policy::default().ruleset(&[], &[]);
+        let r = Policy::default().ruleset(&[], &[], &[]);
         assert!(
             r.contains("set allow4 { type ipv4_addr; flags interval; auto-merge; }"),
             "{r}"
@@ -186,8 +235,9 @@ mod tests {
     }
 
     #[test]
-    fn host_addresses_include_loopback() {
-        let a = host_addresses().unwrap();
-        assert!(a.contains(&"127.0.0.1".parse().unwrap()), "{a:?}");
+    fn host_nets_include_loopback_but_not_its_network() {
+        let h = host_nets().unwrap();
+        assert!(h.addresses.contains(&"127.0.0.1".parse().unwrap()), "{h:?}");
+        assert!(h.onlink.iter().all(|n| !n.addr().is_loopback()), "{h:?}");
     }
 }

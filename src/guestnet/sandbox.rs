@@ -144,9 +144,36 @@ impl Entry {
             write_proc(c"/proc/self/uid_map", &self.uid_map)?;
             write_proc(c"/proc/self/gid_map", &self.gid_map)?;
             loopback_up()?;
+            drop_namespace_root()?;
         }
         Ok(())
     }
+}
+
+/// The process is root of its namespace only to set it up: from its `exec` on it
+/// holds no capability there (securebits `NOROOT`, locked, and no new privileges),
+/// so a QEMU escape cannot flush the filter or reconfigure the namespace.
+///
+/// # Safety
+/// Async-signal-safe: prctl only.
+unsafe fn drop_namespace_root() -> std::io::Result<()> {
+    const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+    const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const SECBIT_NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
+    const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
+    let bits = SECBIT_NOROOT
+        | SECBIT_NOROOT_LOCKED
+        | SECBIT_NO_CAP_AMBIENT_RAISE
+        | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    // SAFETY: plain prctl calls with integer arguments.
+    unsafe {
+        if libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) != 0
+            || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Bring the namespace's `lo` up: QEMU's user networking makes the socket pair
@@ -246,9 +273,11 @@ pub fn attach(tools: &Tools, pid: u32, rules: &str, log: &Path) -> Result<Attach
         .spawn()
         .map_err(|e| SandboxError::Io(format!("run {}", tools.nft.display()), e))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(rules.as_bytes())
-            .map_err(|e| SandboxError::Io("write the nft ruleset".into(), e))?;
+        if let Err(e) = stdin.write_all(rules.as_bytes()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(SandboxError::Io("write the nft ruleset".into(), e));
+        }
     }
     let out = child
         .wait_with_output()
@@ -264,6 +293,9 @@ pub fn attach(tools: &Tools, pid: u32, rules: &str, log: &Path) -> Result<Attach
 
     let (ready_r, ready_w) = pipe()?;
     let (exit_r, exit_w) = pipe()?;
+    // Above 2 and 4, so that moving them to 3 and 4 in the child cannot clobber
+    // one with the other.
+    let (ready_w, exit_r) = (above(ready_w)?, above(exit_r)?);
     let mut slirp = hosttool::command(&tools.slirp4netns);
     slirp
         .args([
@@ -315,6 +347,20 @@ pub fn attach(tools: &Tools, pid: u32, rules: &str, log: &Path) -> Result<Attach
         slirp: child,
         _exit: exit_w,
     })
+}
+
+/// `fd` moved to a number above 10 (close-on-exec).
+fn above(fd: OwnedFd) -> Result<OwnedFd, SandboxError> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if n < 0 {
+        return Err(SandboxError::Io(
+            "fcntl".into(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: a fresh descriptor, ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
@@ -394,11 +440,35 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn probe_builds_a_filtered_connected_namespace() {
         let tools = Tools::find().expect("nft and slirp4netns (scripts/install-deps.sh)");
+        let host = crate::guestnet::host_nets().unwrap();
         let rules = crate::guestnet::Policy::default().ruleset(
-            &crate::guestnet::host_addresses().unwrap(),
+            &host.addresses,
             &connector_addresses(),
+            &host.onlink,
         );
         probe(&tools, &rules).await.unwrap();
+    }
+
+    /// The VM process is in its own namespaces and holds no capability there.
+    #[test]
+    fn the_vm_process_has_no_capability_in_its_namespace() {
+        let mut cmd = hosttool::command("sh");
+        cmd.args([
+            "-c",
+            "grep -E '^Cap(Eff|Prm)' /proc/self/status; readlink /proc/self/ns/net",
+        ]);
+        Entry::new().apply(&mut cmd);
+        let out = hosttool::output(&mut cmd).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+        assert!(text.contains("CapPrm:\t0000000000000000"), "{text}");
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        assert!(!text.contains(&own.display().to_string()), "{text}");
     }
 
     #[tokio::test(flavor = "current_thread")]

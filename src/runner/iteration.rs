@@ -9,6 +9,7 @@ use protocol::envfile::GuestConfig;
 use protocol::{file_in, safefs, secret, Kind, MAX_SIGNAL_FILE};
 use tracing::{debug, info, warn};
 
+use super::bounds::Watch;
 use super::drain::{Drain, Running};
 use super::{Loop, RunnerError};
 use crate::forge::Deletion;
@@ -120,7 +121,7 @@ impl Loop {
             return Ok(Iteration {
                 ready: false,
                 end: false,
-                failure: Some(format!("cannot create VM {name}: {e}")),
+                failure: Some(format!("cannot create VM {name}: {}", chain(&e))),
                 deprecated: false,
             });
         }
@@ -130,7 +131,7 @@ impl Loop {
                 return Ok(Iteration {
                     ready: false,
                     end: false,
-                    failure: Some(format!("cannot start VM {name}: {e}")),
+                    failure: Some(format!("cannot start VM {name}: {}", chain(&e))),
                     deprecated: false,
                 })
             }
@@ -150,10 +151,7 @@ impl Loop {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut stop = self.stop.clone();
         let mut drained = false;
-        let mut ticks: u32 = 0;
-        let gone_check = gone_check_interval();
-        let mut last_gone_check = Instant::now();
-        let mut gone_since: Option<Instant> = None;
+        let mut watch = Watch::new(started);
         let status = loop {
             tokio::select! {
                 st = child.wait() => break st.ok(),
@@ -167,58 +165,9 @@ impl Loop {
                     "runner {name} is up"
                 );
             }
-            ticks += 1;
-            if ticks % 10 == 0 {
-                if let Some(over) = self.dir.as_deref().and_then(overfilled) {
-                    warn!("VM {name} filled its loop directory ({over}): killing it");
-                    let why = format!("VM {name} filled its loop directory ({over})");
-                    return Ok(self.abandon(name, &mut child, why, ready).await);
-                }
-            }
-            if ticks % 10 == 0
-                && self
-                    .backend
-                    .console_bytes(name)
-                    .is_some_and(|b| b > self.cfg.console_limit)
-            {
-                let why = format!(
-                    "VM {name} printed more than --console-limit {} bytes on its console",
-                    self.cfg.console_limit
-                );
+            if let Some(why) = watch.breach(self, name, ready, drained).await {
                 warn!("{why}: killing it");
                 return Ok(self.abandon(name, &mut child, why, ready).await);
-            }
-            if !drained && started.elapsed() >= self.cfg.vm_lifetime {
-                let why = format!(
-                    "VM {name} reached --vm-lifetime {}s",
-                    self.cfg.vm_lifetime.as_secs()
-                );
-                warn!("{why}: killing it");
-                return Ok(self.abandon(name, &mut child, why, ready).await);
-            }
-            // A runner gone from GitHub whose VM lives on: its job is over (or was
-            // taken away) and nothing more can come; a guest keeping its VM past
-            // that is ended.
-            if ready && !drained && last_gone_check.elapsed() >= gone_check {
-                last_gone_check = Instant::now();
-                let found =
-                    tokio::time::timeout(Duration::from_secs(10), self.forge.find_runner(name))
-                        .await;
-                match found {
-                    Ok(Ok(None)) => {
-                        let since = *gone_since.get_or_insert_with(Instant::now);
-                        if since.elapsed() >= gone_check {
-                            let why = format!(
-                                "runner {name} is gone from GitHub but its VM still runs after {}s",
-                                since.elapsed().as_secs()
-                            );
-                            warn!("{why}: killing it");
-                            return Ok(self.abandon(name, &mut child, why, ready).await);
-                        }
-                    }
-                    Ok(Ok(Some(_))) => gone_since = None,
-                    _ => {}
-                }
             }
             if !ready && self.backend.boot_stalled(name, started.elapsed()) {
                 let tail = self
@@ -363,10 +312,15 @@ impl Loop {
     /// ends the loop: the next VM's `.env` would be written where it can still read.
     async fn cleanup(&self, name: &str, runner_id: Option<u64>) -> Result<(), RunnerError> {
         let gone = self.backend.delete(name).await;
-        if let (Some(dir), Ok(())) = (&self.dir, &gone) {
-            if let Err(e) = safefs::empty_dir(dir) {
-                warn!("cannot empty the loop directory {}: {e}", dir.display());
-            }
+        let mut emptied = Ok(());
+        if let Some(dir) = &self.dir {
+            emptied = match &gone {
+                Ok(()) => empty(dir),
+                // The VM may still have the directory mounted: move it away (the
+                // mount follows the directory, not its name) so that no later VM's
+                // .env is ever written where it can read.
+                Err(_) => retire(dir, name),
+            };
         }
         if let Some(rid) = self.lookup(name, runner_id).await {
             match self.forge.delete_runner(rid).await {
@@ -381,7 +335,8 @@ impl Loop {
         gone.map_err(|e| RunnerError::VmNotGone {
             name: name.to_string(),
             source: e,
-        })
+        })?;
+        emptied.map_err(|e| RunnerError::Io(format!("empty the loop directory after VM {name}"), e))
     }
 }
 
@@ -403,33 +358,93 @@ fn dev_copy(host: &Path, loop_dir: Option<&Path>) -> Result<tempfile::TempDir, R
     Ok(d)
 }
 
-/// What a guest may keep in its loop directory while its VM runs: the protocol
-/// needs four small files; a job that makes more is stopped before it fills the
-/// host's `$TMPDIR` (often RAM) or slows every scan of it.
-pub const LOOP_DIR_MAX_ENTRIES: u64 = 1000;
-/// See [`LOOP_DIR_MAX_ENTRIES`]: bytes (allocated) in the loop directory.
-pub const LOOP_DIR_MAX_BYTES: u64 = 16 << 20;
-
-/// `Some(what)` when the loop directory holds more than its bounds.
-fn overfilled(dir: &Path) -> Option<String> {
-    let u = safefs::usage(dir, LOOP_DIR_MAX_ENTRIES, LOOP_DIR_MAX_BYTES).ok()?;
-    u.exceeds(LOOP_DIR_MAX_ENTRIES, LOOP_DIR_MAX_BYTES)
-        .then(|| {
-            format!(
-                "more than {LOOP_DIR_MAX_ENTRIES} entries or {} MiB",
-                LOOP_DIR_MAX_BYTES >> 20
-            )
-        })
+/// An error and its causes on one line, for a failure that is reported later.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
-/// How often the loop asks GitHub whether a running VM's runner is still there,
-/// and how long a VM may outlive its runner: 60 s (`GHRM_GONE_CHECK_SECONDS`
-/// changes it, for tests and for hosts that must spend fewer API calls).
-fn gone_check_interval() -> Duration {
-    let secs = std::env::var("GHRM_GONE_CHECK_SECONDS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|s| *s > 0)
-        .unwrap_or(60);
-    Duration::from_secs(secs)
+/// Empty the loop directory; what our own walk cannot remove (a tree deeper
+/// than a path may be long) goes through `rm -rf`, which walks by descriptor.
+fn empty(dir: &Path) -> std::io::Result<()> {
+    if safefs::empty_dir(dir).is_ok() {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(dir)? {
+        let mut rm = crate::hosttool::command("rm");
+        rm.args(["-rf", "--one-file-system", "--"]).arg(e?.path());
+        let out = crate::hosttool::output(&mut rm)?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(crate::hosttool::stderr_tail(
+                &out.stderr,
+                400,
+            )));
+        }
+    }
+    match std::fs::read_dir(dir)?.next() {
+        None => Ok(()),
+        Some(_) => Err(std::io::Error::other("entries are left")),
+    }
+}
+
+/// Move `dir` out of the way (a VM that may still run has it mounted) and put a
+/// fresh empty private directory at its name.
+fn retire(dir: &Path, vm: &str) -> std::io::Result<()> {
+    let mut away = dir.as_os_str().to_owned();
+    away.push(format!(".not-gone-{vm}"));
+    std::fs::rename(dir, &away)?;
+    safefs::create_private_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree deeper than a path may be long is emptied too (through `rm -rf`).
+    #[test]
+    fn empty_removes_a_tree_deeper_than_a_path() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("flat"), "x").unwrap();
+        let name = "d".repeat(200);
+        std::fs::create_dir(d.path().join("deep")).unwrap();
+        let mut at = std::fs::File::open(d.path().join("deep")).unwrap();
+        for _ in 0..25 {
+            let mode = nix::sys::stat::Mode::S_IRWXU;
+            nix::sys::stat::mkdirat(&at, name.as_str(), mode).unwrap();
+            let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY;
+            let next = nix::fcntl::openat(&at, name.as_str(), flags, mode).unwrap();
+            at = std::fs::File::from(next);
+        }
+        drop(at);
+        assert!(
+            safefs::empty_dir(d.path()).is_err(),
+            "the walk alone cannot"
+        );
+        empty(d.path()).unwrap();
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn retire_moves_the_directory_away_and_leaves_a_fresh_one() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("GH-runner-001");
+        safefs::create_private_dir(&dir).unwrap();
+        std::fs::write(dir.join("left"), "x").unwrap();
+        let before = std::fs::metadata(&dir).unwrap();
+        retire(&dir, "GH-runner-1-abc").unwrap();
+        let after = std::fs::metadata(&dir).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(before.ino(), after.ino());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        assert!(root
+            .path()
+            .join("GH-runner-001.not-gone-GH-runner-1-abc/left")
+            .is_file());
+    }
 }

@@ -7,6 +7,7 @@
 //! minting, one iteration and draining a VM have their rooms. It must not parse
 //! a command line (`cli::config` builds its configuration).
 
+mod bounds;
 pub mod budget;
 pub mod config;
 mod drain;
@@ -170,6 +171,21 @@ impl Loop {
                 if !meta.is_dir() {
                     return Err(ConfigError(format!(
                         "RUNNER_ENVIRONMENT {} is not a directory",
+                        d.display()
+                    ))
+                    .into());
+                }
+                // It is emptied between VMs: never a directory with anything in it.
+                let empty = std::fs::read_dir(d)
+                    .map_err(|e| {
+                        RunnerError::Io(format!("read RUNNER_ENVIRONMENT {}", d.display()), e)
+                    })?
+                    .next()
+                    .is_none();
+                if !empty {
+                    return Err(ConfigError(format!(
+                        "RUNNER_ENVIRONMENT {} is not empty: the loop empties its directory between VMs, so it \
+                         must be one of its own (the orchestrator makes them; leave it unset to get a private one)",
                         d.display()
                     ))
                     .into());

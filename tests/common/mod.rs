@@ -186,6 +186,14 @@ impl World {
         )
     }
 
+    /// `runner -T PAT -g FORGE -p acme/widgets ARGS`
+    pub fn runner(&self, args: &[&str]) -> Proc {
+        let url = self.forge.url();
+        let mut all = vec!["-T", PAT, "-g", &url, "-p", REPO];
+        all.extend(args);
+        self.spawn("runner", &all)
+    }
+
     /// [`World::orchestrator`] as the unprivileged `uid` (see [`World::as_user`]).
     pub fn orchestrator_as(&self, uid: u32, args: &[&str], runner_args: &[&str]) -> Proc {
         let all = self.orchestrator_args(args, runner_args);

@@ -202,11 +202,17 @@ impl Qemu {
         push(&["-device", exit::DEBUG_EXIT_DEVICE]);
         push(&[
             "-serial",
-            &format!("file:{}", d.join("console.log").display()),
+            &format!(
+                "file:{}",
+                qemu_escape(&d.join("console.log").display().to_string())
+            ),
         ]);
         push(&[
             "-qmp",
-            &format!("unix:{},server=on,wait=off", d.join("qmp.sock").display()),
+            &format!(
+                "unix:{},server=on,wait=off",
+                qemu_escape(&d.join("qmp.sock").display().to_string())
+            ),
         ]);
         push(&["-append", &cmdline]);
         Ok((self.binary.clone(), a))

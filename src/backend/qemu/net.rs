@@ -39,12 +39,13 @@ impl Qemu {
 
     /// The filter of a VM's namespace, with the host's addresses as they are now.
     fn rules(&self) -> Result<String, BackendError> {
-        let host = crate::guestnet::host_addresses()
+        let host = crate::guestnet::host_nets()
             .map_err(|e| BackendError::Spawn("list the host's addresses".into(), e))?;
-        Ok(self
-            .cfg
-            .policy
-            .ruleset(&host, &sandbox::connector_addresses()))
+        Ok(self.cfg.policy.ruleset(
+            &host.addresses,
+            &sandbox::connector_addresses(),
+            &host.onlink,
+        ))
     }
 
     /// Once per loop: can this host give VMs the network asked for?
