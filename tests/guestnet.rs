@@ -302,6 +302,8 @@ fn isolation(user: Option<u32>, transit: &str, site_ip: &str, lan: &str, metadat
         "1",
         "-r",
         "1",
+        "-u",
+        "root",
         "--net-forward",
         &fwd,
         "--net-allow",
