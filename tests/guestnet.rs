@@ -273,6 +273,7 @@ fn isolation(user: Option<u32>, transit: &str, site_ip: &str, lan: &str, metadat
          echo \"lan=$(get {lan_ip})\"\n\
          echo \"other=$(get {other_ip})\"\n\
          nslookup probe.ghrm.test {site_ip} | sed 's/^/dns: /'\n\
+         ping -c 1 -W 5 {site_ip} >/dev/null 2>&1 && echo ping-ok\n\
          echo net-done\n",
         probes = tries
             .iter()
@@ -342,6 +343,12 @@ fn isolation(user: Option<u32>, transit: &str, site_ip: &str, lan: &str, metadat
     assert!(site_hits.load(Ordering::SeqCst) >= 1);
     assert!(lan_hits.load(Ordering::SeqCst) >= 1);
     assert_eq!(other_hits.load(Ordering::SeqCst), 0, "{out}");
+    // ICMP where the host allows it: its net.ipv4.ping_group_range must include
+    // the user (distributions open it to all; scripts/install-deps.sh does too).
+    assert!(
+        out.contains("ping-ok"),
+        "no ICMP echo through the default network:\n{out}"
+    );
     if let Some(m) = meta_hits {
         assert_eq!(
             m.load(Ordering::SeqCst),

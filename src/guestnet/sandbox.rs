@@ -144,6 +144,10 @@ impl Entry {
             write_proc(c"/proc/self/uid_map", &self.uid_map)?;
             write_proc(c"/proc/self/gid_map", &self.gid_map)?;
             loopback_up()?;
+            // QEMU's user networking sends a guest's ICMP echo through a ping
+            // socket, which a new namespace allows no group (whether it then
+            // leaves the host is the host's own net.ipv4.ping_group_range).
+            let _ = write_proc(c"/proc/sys/net/ipv4/ping_group_range", b"0 0");
             drop_namespace_root()?;
         }
         Ok(())
