@@ -386,7 +386,7 @@ mod tests {
 
     #[test]
     fn debug_of_the_options_and_the_config_shows_no_credential() {
-        let pat = "ghp_SuperSecretPat0123456789";
+        let pat = "test-pat-NotARealOne0123456789";
         let fixed = "FixedSecret0123456789abcdef";
         let args = [
             "runner", "-T", pat, "-S", fixed, "-p", "o/r", "-R", "krunvm",
