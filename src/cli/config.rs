@@ -210,6 +210,20 @@ pub fn runner_config(
             }
         ));
     }
+    // A DNS server the default network refuses would fail every lookup in silence.
+    let policy = crate::guestnet::Policy { allow };
+    if o.runtime.0 == Some(Runtime::Qemu) && o.net == qemu::NetMode::Internet {
+        if let Ok(ip) = o.dns.parse::<std::net::IpAddr>() {
+            let host = crate::guestnet::host_nets().unwrap_or_default();
+            if policy.refuses(ip, &host) {
+                return err(format!(
+                    "-d/--dns {ip}: the guest's network (--net internet) refuses that address (this host, its LAN or \
+                     a private range); give a DNS server on the internet (default 1.1.1.1), or open a LAN one with \
+                     --net-allow {ip}/32"
+                ));
+            }
+        }
+    }
     if let Some(k) = &o.kernel {
         if !k.is_file() {
             return err(format!("--kernel {}: no such file", k.display()));
@@ -219,7 +233,7 @@ pub fn runner_config(
         accel: o.accel,
         net: o.net,
         forwards,
-        policy: crate::guestnet::Policy { allow },
+        policy,
         kernel: o.kernel.clone(),
         scratch: o.scratch_size,
     };
@@ -374,6 +388,22 @@ mod tests {
         v.extend_from_slice(args);
         let cli = crate::cli::RunnerCli::try_parse_from(v).unwrap();
         runner_config(&cli.opts, &cli.loop_id, None, None)
+    }
+
+    #[test]
+    fn a_dns_server_the_default_network_refuses_is_an_error() {
+        let base = ["-T", "x", "-p", "o/r", "-R", "qemu"];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let e = with(&["-d", "192.168.1.1"]).unwrap_err().0;
+        assert!(
+            e.contains("-d/--dns 192.168.1.1") && e.contains("--net-allow 192.168.1.1/32"),
+            "{e}"
+        );
+        assert!(with(&["-d", "127.0.0.53"]).is_err());
+        assert!(with(&["-d", "192.168.1.1", "--net-allow", "192.168.1.0/24"]).is_ok());
+        assert!(with(&["-d", "192.168.1.1", "--net", "restricted"]).is_ok());
+        assert!(with(&["-d", "9.9.9.9"]).is_ok());
+        assert!(with(&[]).is_ok(), "the default 1.1.1.1");
     }
 
     #[test]

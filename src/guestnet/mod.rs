@@ -130,6 +130,28 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Does the filter refuse `ip` (the same order as [`Policy::ruleset`])?
+    pub fn refuses(&self, ip: IpAddr, host: &HostNets) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v) => v.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        if host.addresses.contains(&ip) {
+            return true;
+        }
+        if self.allow.iter().any(|n| n.contains(&ip)) {
+            return false;
+        }
+        DENY_V4
+            .iter()
+            .chain(DENY_V6)
+            .filter_map(|d| d.parse::<IpNet>().ok())
+            .chain(host.onlink.iter().copied())
+            .any(|n| n.contains(&ip))
+    }
+}
+
 /// This host as the guest must not see it: every address of its interfaces
 /// (loopback included; refused whatever range they are in) and the network each
 /// is on (its on-link neighbours).
@@ -223,6 +245,27 @@ mod tests {
         assert!(at("ip daddr @allow4") < at("ip daddr @deny4"));
         assert!(at("ip6 daddr @host6") < at("ip6 daddr @allow6"));
         assert!(at("ip6 daddr @allow6") < at("ip6 daddr @deny6"));
+    }
+
+    #[test]
+    fn refuses_follows_the_ruleset_order() {
+        let p = Policy {
+            allow: vec![parse_allow("192.168.10.0/24").unwrap()],
+        };
+        let host = HostNets {
+            addresses: vec!["192.168.10.5".parse().unwrap()],
+            onlink: vec![parse_allow("203.0.113.0/26").unwrap()],
+        };
+        let r = |a: &str| p.refuses(a.parse().unwrap(), &host);
+        assert!(
+            r("192.168.10.5"),
+            "the host itself, although in an allowed range"
+        );
+        assert!(!r("192.168.10.53"));
+        assert!(r("192.168.11.1") && r("10.0.0.1") && r("169.254.169.254") && r("127.0.0.53"));
+        assert!(r("203.0.113.7"), "an on-link neighbour");
+        assert!(r("::ffff:10.0.0.1") && r("fd00::1") && r("64:ff9b::a00:1"));
+        assert!(!r("1.1.1.1") && !r("2606:4700:4700::1111") && !r("198.51.100.10"));
     }
 
     #[test]
