@@ -65,6 +65,8 @@ impl Proxy {
         let task = tokio::spawn(async move {
             // The connections go with the proxy: aborting this task drops the set.
             let mut conns = tokio::task::JoinSet::new();
+            // Said once per VM: the guest decides how often it happens.
+            let mut said = false;
             loop {
                 while conns.try_join_next().is_some() {}
                 let Ok((mut guest, _)) = listener.accept().await else {
@@ -73,10 +75,12 @@ impl Proxy {
                     continue;
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(
-                        %target,
-                        "a forward already carries {MAX_CONNECTIONS} connections: one more refused"
-                    );
+                    if !std::mem::replace(&mut said, true) {
+                        tracing::warn!(
+                            %target,
+                            "a forward already carries {MAX_CONNECTIONS} connections: more are refused"
+                        );
+                    }
                     continue;
                 };
                 conns.spawn(async move {
