@@ -245,8 +245,9 @@ fn isolation(user: Option<u32>, transit: &str, site_ip: &str, lan: &str, metadat
     let (p_lo, lo_hits) = canary("127.0.0.1:0");
     let (p_any, any_hits) = canary("0.0.0.0:0");
     let (p_any6, any6_hits) = canary("[::]:0");
-    let host: Vec<IpAddr> = ghrm::guestnet::host_addresses()
+    let host: Vec<IpAddr> = ghrm::guestnet::host_nets()
         .unwrap()
+        .addresses
         .into_iter()
         .filter(|a| !matches!(a, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80))
         .collect();

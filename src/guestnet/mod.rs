@@ -193,11 +193,6 @@ pub fn host_nets() -> std::io::Result<HostNets> {
     Ok(h)
 }
 
-/// The host's own addresses (see [`host_nets`]).
-pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
-    host_nets().map(|h| h.addresses)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
