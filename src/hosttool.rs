@@ -47,6 +47,8 @@ pub fn command(program: impl AsRef<OsStr>) -> Command {
     for v in HOST_SECRETS {
         cmd.env_remove(v);
     }
+    // A loop's report channel to its orchestrator (runner::events) is its own.
+    cmd.env_remove("RUNNER_EVENTS");
     cmd.stdin(Stdio::null());
     tie(&mut cmd, Tie::TOOL);
     cmd

@@ -87,14 +87,17 @@ pub fn report(who: &str, err: &(dyn std::error::Error + 'static)) {
     if !TO_FILE.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    tracing::error!("{}", {
-        let mut s = err.to_string();
-        let mut src = err.source();
-        while let Some(e) = src {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            src = e.source();
-        }
-        s
-    });
+    tracing::error!("{}", chain(err));
+}
+
+/// An error and its causes on one line.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = err.to_string();
+    let mut src = err.source();
+    while let Some(e) = src {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        src = e.source();
+    }
+    s
 }

@@ -29,6 +29,16 @@ const PAGES: &[(&str, &str, &[&str])] = &[
         &["image", "prune", "--help"],
     ),
     ("orchestrator-help.txt", "orchestrator", &["help"]),
+    (
+        "orchestrator-status.txt",
+        "orchestrator",
+        &["status", "--help"],
+    ),
+    (
+        "orchestrator-drain.txt",
+        "orchestrator",
+        &["drain", "--help"],
+    ),
     ("runner.txt", "runner", &["--help"]),
     ("runner-short.txt", "runner", &["-h"]),
 ];

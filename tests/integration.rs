@@ -11,4 +11,5 @@ mod help;
 mod image;
 mod lifecycle;
 mod loop_e2e;
+mod operations;
 mod qemu;

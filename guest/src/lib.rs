@@ -44,7 +44,7 @@ pub const MAX_ENV_FILE: u64 = 64 * 1024;
 /// Largest `.brk`/`.trm`/`.tkn` either side reads: a secret or a runner name.
 pub const MAX_SIGNAL_FILE: u64 = 512;
 
-/// The four file kinds of the protocol.
+/// The file kinds of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// `<id>.env`: configuration, host → guest, transient.
@@ -55,6 +55,10 @@ pub enum Kind {
     Brk,
     /// `<id>.trm`: terminate, host → guest, carries the secret.
     Trm,
+    /// `<id>.job`: a job is running, guest → host, present while it runs. A hint
+    /// for the host's status and metrics only: the guest controls it, so the host
+    /// never bases a decision on it.
+    Job,
 }
 
 impl Kind {
@@ -65,6 +69,7 @@ impl Kind {
             Kind::Tkn => "tkn",
             Kind::Brk => "brk",
             Kind::Trm => "trm",
+            Kind::Job => "job",
         }
     }
 }

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         eprintln!("{who}: error: cannot open the log file given with -l: {e}");
         return ExitCode::from(exit::USAGE);
     }
+    ghrm::runner::events::init();
     let result = runner_config(
         &cli.opts,
         &cli.loop_id,
@@ -66,6 +67,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             logging::report(&who, &e);
+            ghrm::runner::events::emit(&ghrm::types::status::LoopEvent::Failed {
+                error: logging::chain(&e),
+            });
             ExitCode::from(e.exit_code())
         }
     }

@@ -278,12 +278,7 @@ pub fn orchestrator_config(
     cli: &OrchestratorCli,
     verbose: u8,
 ) -> Result<OrchestratorConfig, OrchestratorError> {
-    let prefix = cli.prefix.clone();
-    if !protocol::valid_prefix(&prefix) {
-        return Err(OrchestratorError::Usage(format!(
-            "-p/--prefix {prefix:?} must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 64 characters)"
-        )));
-    }
+    let prefix = valid_prefix(cli.prefix.clone())?;
     if cli.runner_args.iter().any(|a| a == "--") {
         return Err(OrchestratorError::Usage(
             "the runner arguments after -- may not contain another --: the orchestrator appends -- <loop> itself".into(),
@@ -321,9 +316,20 @@ pub fn orchestrator_config(
         verbose,
         registrations: cli.registrations,
         reconcile: cli.reconcile,
+        metrics: cli.metrics,
         runner_args: cli.runner_args.clone(),
         runner,
     })
+}
+
+/// `-p/--prefix`, checked.
+fn valid_prefix(prefix: String) -> Result<String, OrchestratorError> {
+    if !protocol::valid_prefix(&prefix) {
+        return Err(OrchestratorError::Usage(format!(
+            "-p/--prefix {prefix:?} must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 64 characters)"
+        )));
+    }
+    Ok(prefix)
 }
 
 /// An `orchestrator` subcommand → the request its role carries out.
@@ -331,6 +337,14 @@ pub fn subcommand(command: Command) -> Result<Subcommand, OrchestratorError> {
     match command {
         Command::Demo(a) => Ok(Subcommand::Demo(demo_config(a))),
         Command::Image(ImageCommand::Prune(a)) => Ok(Subcommand::Prune { all: a.all }),
+        Command::Status(a) => Ok(Subcommand::Status {
+            prefix: valid_prefix(a.prefix)?,
+            json: a.json,
+        }),
+        Command::Drain(a) => Ok(Subcommand::Drain {
+            prefix: valid_prefix(a.prefix)?,
+            wait: !a.no_wait,
+        }),
         Command::Image(ImageCommand::Bundle(a)) => {
             let entrypoint = match a.entrypoint {
                 Some(e) => e,

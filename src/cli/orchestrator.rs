@@ -75,6 +75,10 @@ pub struct OrchestratorCli {
     #[arg(long = "reconcile", env = "ORCHESTRATOR_RECONCILE", default_value_t = 300, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub reconcile: u64,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9464; README
+    /// "Metrics" lists them). Default: off.
+    #[arg(long = "metrics", env = "ORCHESTRATOR_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Arguments for every runner loop.
     #[arg(last = true, value_name = "RUNNER_ARGS")]
     pub runner_args: Vec<String>,
@@ -91,6 +95,51 @@ pub enum Command {
     /// Guest images: build QEMU bundles.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// What a running orchestrator's loops are doing: state, VM, since when, counts,
+    /// last error, and totals (asked on its control socket; same user, same TMPDIR).
+    Status(StatusArgs),
+    /// Stop taking jobs: idle runners are deregistered and stopped at once, busy
+    /// ones finish their job (within the loops' --grace), then the orchestrator
+    /// exits 0. The same as SIGTERM, asked from another terminal or a deploy script.
+    Drain(DrainArgs),
+}
+
+/// `orchestrator status`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 answered; 1 no orchestrator with this prefix runs here (as this user,\nwith this TMPDIR). The JSON document is described in README (\"status\")."
+)]
+pub struct StatusArgs {
+    /// The orchestrator's prefix (its -p).
+    #[arg(
+        short = 'p',
+        long = "prefix",
+        env = "ORCHESTRATOR_PREFIX",
+        default_value = "GH-runner"
+    )]
+    pub prefix: String,
+    /// Print the JSON document (stable, versioned) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `orchestrator drain`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 drained (with --no-wait: draining has begun); 1 no orchestrator with\nthis prefix runs here, or it could not be asked."
+)]
+pub struct DrainArgs {
+    /// The orchestrator's prefix (its -p).
+    #[arg(
+        short = 'p',
+        long = "prefix",
+        env = "ORCHESTRATOR_PREFIX",
+        default_value = "GH-runner"
+    )]
+    pub prefix: String,
+    /// Return once draining has begun instead of when the orchestrator has ended.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// `orchestrator image …`.

@@ -26,6 +26,7 @@ use serde::Deserialize;
 pub use endpoints::{Endpoints, ScopeKind};
 pub use error::ForgeError;
 pub use runners::{Deletion, Jit, RunnerInfo};
+pub use transport::observe;
 
 /// How the host authenticates to GitHub.
 #[derive(Clone)]

@@ -15,6 +15,24 @@ const MAX_ATTEMPTS: u32 = 5;
 /// The longest wait between two attempts, whatever GitHub asks.
 const MAX_WAIT: Duration = Duration::from_secs(900);
 
+/// Who hears of every answer (route, status, rate limit left): a loop's events
+/// or the orchestrator's metrics. Set once per process; unset, nobody.
+type Observer = Box<dyn Fn(&'static str, u16, Option<u64>) + Send + Sync>;
+static OBSERVER: std::sync::OnceLock<Observer> = std::sync::OnceLock::new();
+
+/// Have `f` hear of every answer from GitHub in this process: what was asked,
+/// the HTTP status (0 when none came) and `x-ratelimit-remaining`. Only the first
+/// call takes effect.
+pub fn observe(f: impl Fn(&'static str, u16, Option<u64>) + Send + Sync + 'static) {
+    let _ = OBSERVER.set(Box::new(f));
+}
+
+fn observed(what: &'static str, code: u16, remaining: Option<u64>) {
+    if let Some(f) = OBSERVER.get() {
+        f(what, code, remaining);
+    }
+}
+
 /// Exponential back-off from 1 s, ×(0.5–1.5) jitter, at most 60 s.
 fn backoff(attempt: u32) -> Duration {
     let base = (1u64 << attempt.min(6)).min(60) as f64;
@@ -97,7 +115,10 @@ impl Forge {
             http::Method::DELETE => self.crab._delete(route, None::<&()>).await,
             _ => self.crab._get(route).await,
         }
-        .map_err(|e| ForgeError::Transport(what, e))?;
+        .map_err(|e| {
+            observed(what, 0, None);
+            ForgeError::Transport(what, e)
+        })?;
         let status = resp.status();
         let header = |k: &str| {
             resp.headers()
@@ -105,6 +126,11 @@ impl Forge {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
+        observed(
+            what,
+            status.as_u16(),
+            header("x-ratelimit-remaining").and_then(|r| r.trim().parse().ok()),
+        );
         let accepted = header("x-accepted-github-permissions");
         let retry_after = header("retry-after")
             .and_then(|v| v.trim().parse::<u64>().ok())

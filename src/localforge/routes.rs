@@ -295,6 +295,17 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
         }
         Some(FaultKind::Delay(_)) | None => route(&mut st, &parts, &segs, &q, &path, &body),
     };
+    let mut resp = resp;
+    // As GitHub: every API answer says how much of the hour's budget is left.
+    let api = ["/repos/", "/orgs/", "/enterprises/"]
+        .iter()
+        .any(|p| path.starts_with(p));
+    if api && !resp.headers().contains_key("x-ratelimit-remaining") {
+        let left = 5000u64.saturating_sub(st.requests.len() as u64 + 1);
+        let h = resp.headers_mut();
+        h.insert("x-ratelimit-limit", 5000.into());
+        h.insert("x-ratelimit-remaining", left.into());
+    }
     st.requests.push(super::Request {
         at: std::time::Instant::now(),
         method: parts.method.to_string(),

@@ -32,6 +32,9 @@ impl Launcher {
                 .unwrap_or_default(),
         );
         cmd.stdin(Stdio::null());
+        // Its events (runner::events) come back on its standard output.
+        cmd.stdout(Stdio::piped());
+        cmd.env(crate::types::status::EVENTS_VAR, "1");
         // Our own child: it keeps the credentials. Own process group: a terminal's
         // ^C reaches only us, and we stop the loops in order. SIGTERM on our death:
         // each loop still drains and cleans up after itself.

@@ -7,17 +7,22 @@
 //! step has its room below. It must not parse a command line (`cli` does).
 
 pub mod args;
+pub mod control;
+pub mod fleet;
 pub mod image;
 mod launch;
 mod lock;
+pub mod metrics;
 mod reconcile;
 mod shutdown;
 mod supervise;
 mod sweep;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::backend::{Backend, BackendError};
 use crate::runner::budget::Rate;
@@ -45,6 +50,8 @@ pub struct OrchestratorConfig {
     pub registrations: Option<Rate>,
     /// `--reconcile`: seconds between registration clean-up passes.
     pub reconcile: u64,
+    /// `--metrics`: where to serve Prometheus metrics.
+    pub metrics: Option<SocketAddr>,
     /// The arguments after `--`, as given (secrets still among them).
     pub runner_args: Vec<String>,
     /// What the loops will run with (the orchestrator's `-R` applied).
@@ -62,6 +69,20 @@ pub enum Subcommand {
     Prune {
         /// Also every other image and working container.
         all: bool,
+    },
+    /// `status [--json]`.
+    Status {
+        /// The orchestrator's prefix.
+        prefix: String,
+        /// The JSON document instead of the table.
+        json: bool,
+    },
+    /// `drain [--no-wait]`.
+    Drain {
+        /// The orchestrator's prefix.
+        prefix: String,
+        /// Wait until it has ended.
+        wait: bool,
     },
 }
 
@@ -97,6 +118,9 @@ pub enum OrchestratorError {
     /// An input of `image bundle` is unusable (exit 2); its causes follow it.
     #[error(transparent)]
     ImageInput(crate::image::ImageError),
+    /// `status` / `drain` could not reach the orchestrator.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
 }
 
 impl OrchestratorError {
@@ -120,6 +144,22 @@ pub fn subcommand(command: Subcommand, n: u32) -> Result<(), OrchestratorError> 
         Subcommand::Demo(cfg) => crate::demo::run(cfg, n).map_err(OrchestratorError::Demo),
         Subcommand::Bundle(job) => image::bundle(job),
         Subcommand::Prune { all } => image::prune(all),
+        Subcommand::Status { prefix, json } => {
+            let st = control::status(&std::env::temp_dir(), &prefix)?;
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default()),
+                false => print!("{}", fleet::table(&st)),
+            }
+            Ok(())
+        }
+        Subcommand::Drain { prefix, wait } => {
+            control::drain(&std::env::temp_dir(), &prefix, wait)?;
+            match wait {
+                true => eprintln!("orchestrator {prefix:?} drained and ended"),
+                false => eprintln!("orchestrator {prefix:?} is draining"),
+            }
+            Ok(())
+        }
     }
 }
 
@@ -141,6 +181,23 @@ async fn run(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
 
     let tmp = std::env::temp_dir();
     let _lock = lock::lock(&tmp, &prefix)?;
+    let (stop_tx, stop) = crate::runner::stop_channel().map_err(io("install signal handlers"))?;
+    let metrics = metrics::Metrics::new();
+    let fleet = Arc::new(Mutex::new(fleet::Fleet::new(
+        &prefix,
+        cfg.runners,
+        metrics.clone(),
+    )));
+    let observer = metrics.clone();
+    crate::forge::observe(move |route, code, left| observer.github(route, code, left));
+    if let Some(addr) = cfg.metrics {
+        let bound = metrics::serve(addr, metrics)
+            .await
+            .map_err(io(format!("serve metrics on {addr} (--metrics)")))?;
+        info!("metrics on http://{bound}/metrics");
+    }
+    let mut control = control::Control::bind(&tmp, &prefix)?;
+    control.serve(fleet.clone(), stop_tx);
     sweep::sweep(&tmp, &prefix, &backend).await;
     let mut reconciler = match crate::forge::Forge::new(
         rcfg.endpoints.clone(),
@@ -176,7 +233,16 @@ async fn run(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
         false => None,
     };
     let launcher = Launcher::new(&cfg, &backend, args, pat, secret)?;
-    let result = supervise::supervise(&cfg, root.as_deref(), &backend, launcher, reconciler).await;
+    let shared = supervise::Shared { fleet, stop };
+    let result = supervise::supervise(
+        &cfg,
+        root.as_deref(),
+        &backend,
+        launcher,
+        reconciler,
+        shared,
+    )
+    .await;
     // Whatever happened: no VM of ours and no environment directory may remain.
     sweep::leave_nothing(&backend, &prefix, root.as_deref()).await;
     result

@@ -3,11 +3,15 @@
 //! a signal (`shutdown` does) nor know how a loop is started (`launch`).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::io::AsyncReadExt;
 use tokio::process::Child;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::fleet::Fleet;
 use super::launch::Launcher;
 use super::reconcile::Reconciler;
 use super::shutdown::shutdown;
@@ -15,6 +19,7 @@ use super::sweep::clear_dir;
 use super::{io, OrchestratorConfig, OrchestratorError};
 use crate::backend::Backend;
 use crate::types::names::loop_dir;
+use crate::types::status::{LoopEvent, MAX_EVENT_LINE};
 
 /// A loop that ran this long before failing starts its failure count afresh.
 const HEALTHY_RUN: Duration = Duration::from_secs(600);
@@ -59,12 +64,29 @@ fn has_tkn(dir: &Path) -> bool {
     })
 }
 
+/// What supervision shares with the control socket and the metrics.
+pub(super) struct Shared {
+    /// The loops' state.
+    pub(super) fleet: Arc<Mutex<Fleet>>,
+    /// Set by a signal or `drain`: stop every loop.
+    pub(super) stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn with(&self, f: impl FnOnce(&mut Fleet)) {
+        if let Ok(mut fleet) = self.fleet.lock() {
+            f(&mut fleet);
+        }
+    }
+}
+
 pub(super) async fn supervise(
     cfg: &OrchestratorConfig,
     root: Option<&Path>,
     backend: &Backend,
     launcher: Launcher,
     mut reconciler: Option<Reconciler>,
+    shared: Shared,
 ) -> Result<(), OrchestratorError> {
     let (prefix, rcfg) = (cfg.prefix.as_str(), &cfg.runner);
     // The environment root exists exactly when loops are isolated.
@@ -99,7 +121,7 @@ pub(super) async fn supervise(
         "starting"
     );
 
-    let mut stop = crate::runner::stop_on_signals().map_err(io("install signal handlers"))?;
+    let mut stop = shared.stop.clone();
     // Staggering: loop i+1 starts when loop i has its .tkn (bounded), or after -s without isolation.
     let stagger = if isolation {
         Duration::from_secs(rcfg.boot_timeout)
@@ -137,7 +159,7 @@ pub(super) async fn supervise(
                 s.state = LoopState::Waiting {
                     not_before: Instant::now(),
                 };
-                start(&launcher, s)?;
+                start(&launcher, s, &shared)?;
                 gate = Some((next_start, Instant::now()));
                 next_start += 1;
             }
@@ -147,7 +169,7 @@ pub(super) async fn supervise(
                 LoopState::Waiting { not_before }
                     if s.started_once && Instant::now() >= *not_before =>
                 {
-                    start(&launcher, s)?
+                    start(&launcher, s, &shared)?
                 }
                 LoopState::Running { child, since } => {
                     let Ok(Some(st)) = child.try_wait() else {
@@ -157,14 +179,15 @@ pub(super) async fn supervise(
                     match st.code() {
                         Some(0) => {
                             info!("loop {} ended", s.index);
+                            shared.with(|f| f.ended(s.index));
                             s.state = LoopState::Done;
                         }
                         Some(2) => {
                             config_error = true;
-                            s.state = LoopState::Failed(format!(
-                                "loop {} refused its configuration (exit 2)",
-                                s.index
-                            ));
+                            let why =
+                                format!("loop {} refused its configuration (exit 2)", s.index);
+                            shared.with(|f| f.given_up(s.index, &why));
+                            s.state = LoopState::Failed(why);
                         }
                         _ => {
                             s.failures = if ran >= HEALTHY_RUN {
@@ -180,6 +203,7 @@ pub(super) async fn supervise(
                                     ran.as_secs()
                                 );
                                 warn!("{why}");
+                                shared.with(|f| f.given_up(s.index, &why));
                                 s.state = LoopState::Failed(why);
                             } else {
                                 let backoff = Duration::from_secs(1 << s.failures.min(8))
@@ -190,6 +214,9 @@ pub(super) async fn supervise(
                                     ran.as_secs(),
                                     backoff.as_secs()
                                 );
+                                shared.with(|f| {
+                                    f.died(s.index, &format!("loop process died ({st})"))
+                                });
                                 if let Some(d) = &s.dir {
                                     // Files of the dead loop's last VM are stale now.
                                     clear_dir(d);
@@ -229,6 +256,7 @@ pub(super) async fn supervise(
 
     if *stop.borrow() {
         info!("stopping: asking every loop to terminate");
+        shared.with(Fleet::drain);
         shutdown(&mut slots, rcfg).await;
         return Ok(());
     }
@@ -249,15 +277,50 @@ pub(super) async fn supervise(
     }
 }
 
-fn start(launcher: &Launcher, s: &mut LoopSlot) -> Result<(), OrchestratorError> {
-    let child = launcher
+fn start(launcher: &Launcher, s: &mut LoopSlot, shared: &Shared) -> Result<(), OrchestratorError> {
+    let mut child = launcher
         .spawn(s)
         .map_err(io(format!("start {}", launcher.runner.display())))?;
     info!("loop {} started (pid {})", s.index, child.id().unwrap_or(0));
+    shared.with(|f| f.started(s.index, s.started_once));
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(read_events(s.index, out, shared.fleet.clone()));
+    }
     s.state = LoopState::Running {
         child,
         since: Instant::now(),
     };
     s.started_once = true;
     Ok(())
+}
+
+/// Fold loop `index`'s event lines into the fleet until its pipe closes. Lines
+/// longer than [`MAX_EVENT_LINE`] and anything that is not an event are skipped.
+async fn read_events(index: u32, mut out: tokio::process::ChildStdout, fleet: Arc<Mutex<Fleet>>) {
+    let mut line: Vec<u8> = Vec::new();
+    let mut skipping = false;
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = out.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        for part in buf[..n].split_inclusive(|b| *b == b'\n') {
+            let complete = part.ends_with(b"\n");
+            if !skipping {
+                line.extend_from_slice(part);
+            }
+            if line.len() > MAX_EVENT_LINE {
+                line.clear();
+                skipping = true;
+            }
+            if complete {
+                let event = std::str::from_utf8(&line).ok().and_then(LoopEvent::parse);
+                if let (Some(e), Ok(mut f)) = (event, fleet.lock()) {
+                    f.apply(index, e);
+                }
+                line.clear();
+                skipping = false;
+            }
+        }
+    }
 }

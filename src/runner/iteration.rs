@@ -11,11 +11,13 @@ use tracing::{debug, info, warn};
 
 use super::bounds::Watch;
 use super::drain::{Drain, Running};
+use super::events::emit;
 use super::{Loop, RunnerError};
 use crate::forge::Deletion;
 use crate::types::invalid::ConfigError;
 use crate::types::mount::Mount;
 use crate::types::names::vm_name;
+use crate::types::status::{LoopEvent, Outcome};
 use crate::types::vm::VmSpec;
 
 /// What one iteration came to.
@@ -28,11 +30,43 @@ pub(super) struct Iteration {
     pub(super) failure: Option<String>,
     /// The guest's runner was refused as deprecated (`Runner.Listener` exit 7).
     pub(super) deprecated: bool,
+    /// How it ended, for status and metrics.
+    pub(super) outcome: Outcome,
+    /// VM start → exit (zero when it never started).
+    pub(super) lifetime: Duration,
+}
+
+impl Iteration {
+    /// A VM that failed before (or without) its runner being up.
+    fn failed(outcome: Outcome, why: String, lifetime: Duration) -> Iteration {
+        Iteration {
+            ready: false,
+            end: false,
+            failure: Some(why),
+            deprecated: false,
+            outcome,
+            lifetime,
+        }
+    }
 }
 
 impl Loop {
     pub(super) async fn iteration(&mut self) -> Result<Iteration, RunnerError> {
-        let (id, registration, runner_id) = self.mint().await?;
+        emit(&LoopEvent::Minting);
+        let (id, registration, runner_id) = match self.mint().await {
+            Ok(m) => m,
+            Err(RunnerError::Stopped) => return Err(RunnerError::Stopped),
+            Err(e) => {
+                emit(&LoopEvent::Ended {
+                    vm: None,
+                    outcome: Outcome::MintFailed,
+                    lifetime_ms: 0,
+                    error: Some(chain(&e)),
+                });
+                return Err(e);
+            }
+        };
+        emit(&LoopEvent::Registered);
         let name = vm_name(&self.cfg.prefix, &id);
         let secret = match &self.cfg.secret {
             Some(s) => s.expose().to_string(),
@@ -105,6 +139,14 @@ impl Loop {
         let outcome = self.boot_and_wait(&spec, &id, &secret, runner_id).await;
         let cleaned = self.cleanup(&name, runner_id).await;
         drop(dev);
+        if let Ok(it) = &outcome {
+            emit(&LoopEvent::Ended {
+                vm: Some(name.clone()),
+                outcome: it.outcome,
+                lifetime_ms: it.lifetime.as_millis() as u64,
+                error: it.failure.clone(),
+            });
+        }
         cleaned?;
         outcome
     }
@@ -118,32 +160,31 @@ impl Loop {
     ) -> Result<Iteration, RunnerError> {
         let name = &spec.name;
         if let Err(e) = self.backend.create(spec).await {
-            return Ok(Iteration {
-                ready: false,
-                end: false,
-                failure: Some(format!("cannot create VM {name}: {}", chain(&e))),
-                deprecated: false,
-            });
+            let why = format!("cannot create VM {name}: {}", chain(&e));
+            return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
         }
         let mut child = match self.backend.start(spec) {
             Ok(c) => c,
             Err(e) => {
-                return Ok(Iteration {
-                    ready: false,
-                    end: false,
-                    failure: Some(format!("cannot start VM {name}: {}", chain(&e))),
-                    deprecated: false,
-                })
+                let why = format!("cannot start VM {name}: {}", chain(&e));
+                return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
             }
         };
         let started = Instant::now();
-        match self.last_exit.take() {
-            Some(t) => info!(
-                turnaround_ms = (started - t).as_millis() as u64,
-                "VM {name} started"
-            ),
+        let turnaround_ms = self
+            .last_exit
+            .take()
+            .map(|t| (started - t).as_millis() as u64);
+        match turnaround_ms {
+            Some(ms) => info!(turnaround_ms = ms, "VM {name} started"),
             None => info!("VM {name} started"),
         }
+        emit(&LoopEvent::Booting {
+            vm: name.clone(),
+            turnaround_ms,
+        });
+        let job = self.dir.as_deref().map(|d| file_in(d, id, Kind::Job));
+        let mut busy = false;
         let tkn = self.dir.as_deref().map(|d| file_in(d, id, Kind::Tkn));
         // Without a loop directory there is no ready mark: a started VM counts as up.
         let mut ready = tkn.is_none();
@@ -160,14 +201,23 @@ impl Loop {
             }
             if !ready && tkn.as_deref().is_some_and(safefs::is_regular) {
                 ready = true;
-                info!(
-                    boot_ms = started.elapsed().as_millis() as u64,
-                    "runner {name} is up"
-                );
+                let boot_ms = started.elapsed().as_millis() as u64;
+                info!(boot_ms, "runner {name} is up");
+                emit(&LoopEvent::Up {
+                    vm: name.clone(),
+                    boot_ms,
+                });
+            }
+            // The guest's hint that a job runs: status only, never a decision.
+            if ready && !busy && !drained && job.as_deref().is_some_and(safefs::is_regular) {
+                busy = true;
+                emit(&LoopEvent::Busy { vm: name.clone() });
             }
             if let Some(why) = watch.breach(self, name, ready, drained).await {
                 warn!("{why}: killing it");
-                return Ok(self.abandon(name, &mut child, why, ready).await);
+                return Ok(self
+                    .abandon(name, &mut child, why, ready, Outcome::Killed, started)
+                    .await);
             }
             if !ready && self.backend.boot_stalled(name, started.elapsed()) {
                 let tail = self
@@ -177,7 +227,7 @@ impl Loop {
                     .unwrap_or_default();
                 warn!("VM {name} shows no sign of its init after {}s (a silent boot hang): killing it and retrying{tail}", started.elapsed().as_secs());
                 return Ok(self
-                    .abandon_boot(name, &mut child, format!("VM {name} hung at boot"))
+                    .abandon_boot(name, &mut child, format!("VM {name} hung at boot"), started)
                     .await);
             }
             if !ready && Instant::now() >= boot_deadline {
@@ -191,7 +241,7 @@ impl Loop {
                     .map(|t| format!("; its console ended with:\n{t}"))
                     .unwrap_or_default();
                 let why = format!("boot timeout ({}s){tail}", self.cfg.boot_timeout);
-                return Ok(self.abandon_boot(name, &mut child, why).await);
+                return Ok(self.abandon_boot(name, &mut child, why, started).await);
             }
             let why = if self.stopping() {
                 Some(Drain::Signal)
@@ -202,6 +252,7 @@ impl Loop {
             };
             if let (Some(why), false) = (why, drained) {
                 drained = true;
+                emit(&LoopEvent::Draining { vm: name.clone() });
                 break self
                     .drain(
                         why,
@@ -255,11 +306,18 @@ impl Loop {
         let deprecated = !drained
             && status.as_ref().and_then(|st| self.backend.guest_status(st))
                 == Some(i32::from(protocol::exit::RUNNER_DEPRECATED));
+        let outcome = match (drained, ready) {
+            (true, _) => Outcome::Drained,
+            (false, true) => Outcome::JobDone,
+            (false, false) => Outcome::VmFailed,
+        };
         Ok(Iteration {
             ready,
             end,
             failure,
             deprecated,
+            outcome,
+            lifetime: started.elapsed(),
         })
     }
 
@@ -269,8 +327,10 @@ impl Loop {
         name: &str,
         child: &mut tokio::process::Child,
         why: String,
+        started: Instant,
     ) -> Iteration {
-        self.abandon(name, child, why, false).await
+        self.abandon(name, child, why, false, Outcome::BootTimeout, started)
+            .await
     }
 
     /// Kill a VM: before its runner was up the iteration failed for `why`; after,
@@ -281,6 +341,8 @@ impl Loop {
         child: &mut tokio::process::Child,
         why: String,
         ready: bool,
+        outcome: Outcome,
+        started: Instant,
     ) -> Iteration {
         self.backend.force_stop(name, child).await;
         let _ = child.wait().await;
@@ -290,6 +352,8 @@ impl Loop {
             end: false,
             failure: (!ready).then_some(why),
             deprecated: false,
+            outcome,
+            lifetime: started.elapsed(),
         }
     }
 

@@ -11,6 +11,7 @@ mod bounds;
 pub mod budget;
 pub mod config;
 mod drain;
+pub mod events;
 mod iteration;
 mod mint;
 
@@ -276,6 +277,10 @@ impl Loop {
                     });
                 }
                 let backoff = Duration::from_secs(1 << failures.min(5));
+                events::emit(&crate::types::status::LoopEvent::BackingOff {
+                    seconds: backoff.as_secs(),
+                    why: why.clone(),
+                });
                 warn!(
                     "iteration failed ({why}); retrying in {}s ({failures}/{})",
                     backoff.as_secs(),
@@ -297,8 +302,16 @@ impl Loop {
 
 /// A watch channel set to `true` on SIGTERM, SIGINT or SIGHUP.
 pub fn stop_on_signals() -> std::io::Result<watch::Receiver<bool>> {
+    Ok(stop_channel()?.1)
+}
+
+/// [`stop_on_signals`], with a sender for other reasons to stop (`drain`).
+pub fn stop_channel(
+) -> std::io::Result<(std::sync::Arc<watch::Sender<bool>>, watch::Receiver<bool>)> {
     use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = watch::channel(false);
+    let tx = std::sync::Arc::new(tx);
+    let ours = tx.clone();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -310,5 +323,5 @@ pub fn stop_on_signals() -> std::io::Result<watch::Receiver<bool>> {
         }
         let _ = tx.send(true);
     });
-    Ok(rx)
+    Ok((ours, rx))
 }

@@ -8,5 +8,6 @@ pub mod names;
 pub mod paths;
 pub mod runtime;
 pub mod secret;
+pub mod status;
 pub mod text;
 pub mod vm;

@@ -102,7 +102,11 @@ fn run(buttons: Vec<std::os::fd::OwnedFd>) -> Result<u8, Failure> {
     }
     let mut watcher =
         watcher::Watcher::new(args.tkn.as_deref(), &cfg.secret).map_err(Failure::Setup)?;
-    let mut sup = supervisor::Supervisor::new(child, hooks.busy.clone(), cfg.grace);
+    let job_mark = args
+        .tkn
+        .as_deref()
+        .map(|t| protocol::sibling(t, protocol::Kind::Job));
+    let mut sup = supervisor::Supervisor::new(child, hooks.busy.clone(), job_mark, cfg.grace);
     let status = sup.wait(&signals, &buttons, &mut watcher)?;
     if status == exit::RUNNER_DEPRECATED && args.command.is_empty() {
         log!(

@@ -51,6 +51,10 @@ pub struct Supervisor {
     child: Pid,
     /// Exists while a job runs (the job hooks' marker).
     busy: PathBuf,
+    /// `<id>.job` in the loop directory: the host's view of `busy` (status only).
+    job_mark: Option<PathBuf>,
+    /// Whether `job_mark` says a job runs.
+    marked_busy: bool,
     /// How long a running job may go on once a stop is asked for.
     grace: Duration,
     stop: Option<(StopReason, Instant)>,
@@ -59,11 +63,19 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Supervise `child`, whose job hooks mark a running job with `busy`.
-    pub fn new(child: Pid, busy: PathBuf, grace_secs: u64) -> Supervisor {
+    /// Supervise `child`, whose job hooks mark a running job with `busy`; the host
+    /// sees it as `job_mark` (`<id>.job` beside `.tkn`) when there is a loop directory.
+    pub fn new(
+        child: Pid,
+        busy: PathBuf,
+        job_mark: Option<PathBuf>,
+        grace_secs: u64,
+    ) -> Supervisor {
         Supervisor {
             child,
             busy,
+            job_mark,
+            marked_busy: false,
             grace: Duration::from_secs(grace_secs),
             stop: None,
             termed_at: None,
@@ -130,6 +142,24 @@ impl Supervisor {
         }
     }
 
+    /// Mirror the job hooks' marker into `<id>.job` for the host's status (within a
+    /// tick). Best effort: a failure only makes the host's status less precise.
+    fn mark_job(&mut self, busy: bool) {
+        let Some(mark) = &self.job_mark else { return };
+        if busy == self.marked_busy {
+            return;
+        }
+        let done = if busy {
+            protocol::safefs::write_replace(mark, b"", 0o644)
+        } else {
+            protocol::safefs::remove(mark)
+        };
+        match done {
+            Ok(()) => self.marked_busy = busy,
+            Err(e) => log!("cannot update {}: {e}", mark.display()),
+        }
+    }
+
     /// Wait for the runner's exit, reaping every other child (we may be a subreaper
     /// or PID 1), and stopping it when asked; then kill what is left of its job.
     /// The runner's status is the result (128+N when killed by signal N).
@@ -188,7 +218,9 @@ impl Supervisor {
             }
             self.check_trm(watcher);
             self.advance();
+            self.mark_job(self.busy.exists());
         };
+        self.mark_job(false);
         // Nothing of the job may outlive the runner.
         let _ = killpg(self.child, Signal::SIGKILL);
         log!("runner exited with status {status}");
