@@ -210,6 +210,26 @@ pub fn runner_config(
             }
         ));
     }
+    // QEMU hands these to the guest on its kernel command line, where a space or a
+    // quote would split or end a word: refused here, naming the option, rather
+    // than when the first VM starts.
+    if o.runtime.0 == Some(Runtime::Qemu) {
+        let words = std::iter::once(("-d/--dns", o.dns.as_str()))
+            .chain(
+                mounts
+                    .iter()
+                    .map(|m| ("-M/--mount (guest path)", m.guest.as_str())),
+            )
+            .chain(dev.iter().map(|(_, g)| ("-D/--dir", g.as_str())));
+        for (flag, v) in words {
+            if !protocol::cmdline::safe_value(v) {
+                return err(format!(
+                    "{flag} {v:?}: with -R qemu it travels on the guest's kernel command line, which cannot \
+                     carry spaces, quotes, backslashes or control characters; choose a plain path or address"
+                ));
+            }
+        }
+    }
     // A DNS server the default network refuses would fail every lookup in silence.
     let policy = crate::guestnet::Policy { allow };
     if o.runtime.0 == Some(Runtime::Qemu) && o.net == qemu::NetMode::Internet {
@@ -402,6 +422,25 @@ mod tests {
         v.extend_from_slice(args);
         let cli = crate::cli::RunnerCli::try_parse_from(v).unwrap();
         runner_config(&cli.opts, &cli.loop_id, None, None)
+    }
+
+    #[test]
+    fn kernel_command_line_values_are_checked_for_qemu() {
+        let base = ["-T", "x", "-p", "o/r"];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let dev = tempfile::tempdir().unwrap();
+        std::fs::write(dev.path().join("entrypoint"), "").unwrap();
+        let dev = dev.path().to_str().unwrap();
+        for args in [
+            &["-R", "qemu", "-M", "/tmp:/mnt/with space"][..],
+            &["-R", "qemu", "-M", "/tmp:/mnt/quo\"te"][..],
+            &["-R", "qemu", "--dev-dir", dev, "-D", "/dev dir"][..],
+        ] {
+            let e = with(args).unwrap_err().to_string();
+            assert!(e.contains("kernel command line"), "{args:?}: {e}");
+        }
+        assert!(with(&["-R", "krunvm", "-M", "/tmp:/mnt/with space"]).is_ok());
+        assert!(with(&["-R", "qemu", "-M", "/tmp:/mnt/plain"]).is_ok());
     }
 
     #[test]

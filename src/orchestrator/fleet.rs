@@ -100,6 +100,9 @@ pub struct LoopStatus {
     /// The last failure, first line, at most 500 characters (guest text may be in it:
     /// show it through a printable filter).
     pub last_error: Option<String>,
+    /// The loop's process said why it ends (its `failed` event) since it started.
+    #[serde(skip)]
+    said_why: bool,
 }
 
 /// Totals of all loops.
@@ -180,6 +183,7 @@ impl Fleet {
                     failures_in_row: 0,
                     restarts: 0,
                     last_error: None,
+                    said_why: false,
                 })
                 .collect(),
             jobs: 0,
@@ -214,10 +218,13 @@ impl Fleet {
 
     /// Loop `index`'s process was started; `restart` when it had run before.
     pub fn started(&mut self, index: u32, restart: bool) {
-        if restart {
-            if let Some(l) = self.slot(index) {
+        if let Some(l) = self.slot(index) {
+            l.said_why = false;
+            if restart {
                 l.restarts += 1;
             }
+        }
+        if restart {
             self.metrics.loop_restarts.inc();
         }
         self.set(index, State::Starting);
@@ -227,7 +234,8 @@ impl Fleet {
     pub fn died(&mut self, index: u32, why: &str) {
         if let Some(l) = self.slot(index) {
             l.failures_in_row += 1;
-            if l.last_error.is_none() {
+            // The loop's own last words say more than its exit status.
+            if !l.said_why {
                 l.last_error = Some(short(why));
             }
         }
@@ -237,7 +245,10 @@ impl Fleet {
     /// Loop `index` was given up, for `why`.
     pub fn given_up(&mut self, index: u32, why: &str) {
         if let Some(l) = self.slot(index) {
-            l.last_error = Some(short(why));
+            l.last_error = Some(match (&l.last_error, l.said_why) {
+                (Some(last), true) => short(&format!("{why}; last: {last}")),
+                _ => short(why),
+            });
         }
         self.set(index, State::GivenUp);
     }
@@ -335,6 +346,7 @@ impl Fleet {
             LoopEvent::Failed { error } => {
                 if let Some(l) = self.slot(index) {
                     l.last_error = Some(short(&error));
+                    l.said_why = true;
                 }
                 None
             }
@@ -550,6 +562,26 @@ mod tests {
             },
         );
         assert_eq!(f.status().loops[1].failures_in_row, 0);
+        // A dying loop's own last words are kept over its exit status.
+        f.started(2, true);
+        f.apply(
+            2,
+            LoopEvent::Failed {
+                error: "GitHub failure: 401".into(),
+            },
+        );
+        f.died(2, "loop process died (exit status: 1)");
+        let l = &f.status().loops[1];
+        assert_eq!(
+            (l.state, l.last_error.as_deref(), l.restarts),
+            (State::BackingOff, Some("GitHub failure: 401"), 1)
+        );
+        f.started(2, true);
+        f.died(2, "loop process died (signal: 9)");
+        assert_eq!(
+            f.status().loops[1].last_error.as_deref(),
+            Some("loop process died (signal: 9)")
+        );
         f.given_up(2, "gone");
         assert_eq!(f.status().loops[1].state, State::GivenUp);
         // Draining leaves given-up loops alone and holds the others.
