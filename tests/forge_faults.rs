@@ -543,3 +543,75 @@ fn slow_answers_are_waited_for_not_resent() {
         .count();
     assert_eq!(posts, 1, "{log}");
 }
+
+/// GitHub down for a minute, longer than the retries of one request (about 15 s)
+/// and of one mint (three names, about 45 s): the loop waits it out itself and goes on when GitHub is back — no restart of its process, no
+/// job lost or run twice, no burst of registrations, nothing left registered.
+#[test]
+fn a_forge_outage_longer_than_the_retries_is_ridden_out() {
+    use ghrm::localforge::JobStatus;
+    let w = World::new();
+    let prefix = "outage";
+    let first = w.forge.queue_job(REPO, &[], "echo one");
+    let mut p = w.orchestrator(&["-n", "1", "-R", "krunvm", "-p", prefix], &["-u", "root"]);
+    w.wait_for("the first job", Duration::from_secs(30), &p, || {
+        w.forge
+            .jobs()
+            .iter()
+            .any(|j| j.id == first && j.status == JobStatus::Completed)
+    });
+    // The next runner is up (or coming): GitHub goes away under it for 60 s.
+    w.forge.outage(Duration::from_secs(60));
+    let second = w.forge.queue_job(REPO, &[], "echo two");
+    let mut saw_backing_off = false;
+    w.wait_for(
+        "the second job after the outage",
+        Duration::from_secs(180),
+        &p,
+        || {
+            if let Ok(out) = w
+                .command("orchestrator")
+                .args(["status", "-p", prefix, "--json"])
+                .output()
+            {
+                saw_backing_off |= String::from_utf8_lossy(&out.stdout).contains("\"backing_off\"");
+            }
+            w.forge
+                .jobs()
+                .iter()
+                .any(|j| j.id == second && j.status == JobStatus::Completed)
+        },
+    );
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    let st = p.finish(Duration::from_secs(60));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(
+        saw_backing_off,
+        "status never showed the loop backing off\n{log}"
+    );
+    assert!(
+        log.contains("GitHub is unreachable or failing"),
+        "the loop did not say it waits for GitHub\n{log}"
+    );
+    assert!(
+        !log.contains("died") && !log.contains("restarting"),
+        "the loop's process was restarted\n{log}"
+    );
+    for j in w.forge.jobs() {
+        assert_eq!(
+            (j.status, j.claims),
+            (JobStatus::Completed, 1),
+            "{j:?}\n{log}"
+        );
+    }
+    let minted = w
+        .forge
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.contains("generate-jitconfig") && r.status == 201)
+        .count();
+    assert!(minted <= 4, "{minted} runners minted for 2 jobs\n{log}");
+    assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
+    assert!(w.env_roots().is_empty() && w.vms().is_empty(), "{log}");
+}

@@ -189,6 +189,8 @@ pub(crate) struct State {
     /// Lifetime of new installation tokens (GitHub: one hour).
     pub(crate) token_ttl: Option<std::time::Duration>,
     pub(crate) faults: Vec<Fault>,
+    /// Every API request answers 503 until then (an outage).
+    pub(crate) down_until: Option<Instant>,
     pub(crate) requests: Vec<Request>,
     pub(crate) pats: HashSet<String>,
     pub(crate) next_id: u64,
@@ -276,6 +278,12 @@ impl LocalForge {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An outage: every API request (not the runners' own protocol) answers 503
+    /// for `length` from now.
+    pub fn outage(&self, length: std::time::Duration) {
+        self.lock().down_until = Some(Instant::now() + length);
     }
 
     /// `http://127.0.0.1:PORT`: what `runner -g` takes.

@@ -168,6 +168,15 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
     if segs.first() == Some(&"_fake") {
         return fake(&mut st, &parts.method, &segs[1..], &body);
     }
+    if st.down_until.is_some_and(|t| std::time::Instant::now() < t) {
+        st.requests.push(super::Request {
+            at: std::time::Instant::now(),
+            method: parts.method.to_string(),
+            path: path.clone(),
+            status: 503,
+        });
+        return error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable");
+    }
 
     // Authentication: `Bearer X` or `token X` with a known PAT.
     let cred = parts

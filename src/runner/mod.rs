@@ -162,7 +162,17 @@ impl Loop {
         let backend = Backend::detect(cfg.runtime, &cfg.qemu)?;
         check_isolation(&cfg, backend.runtime(), isolation)?;
         let forge = Forge::new(cfg.endpoints.clone(), cfg.scope, &cfg.principal, &cfg.auth).await?;
-        let group_id = forge.resolve_group(&cfg.group).await?;
+        let mut down = Outage::default();
+        let group_id = loop {
+            match forge.resolve_group(&cfg.group).await {
+                Err(e) if e.is_transient() => {
+                    if !down.wait(&e, &mut stop.clone()).await {
+                        return Err(RunnerError::Stopped);
+                    }
+                }
+                r => break r?,
+            }
+        };
         let (dir, own) = match (&cfg.environment, isolation) {
             (_, false) => (None, None),
             (Some(d), true) => {
@@ -238,6 +248,7 @@ impl Loop {
     pub async fn run(mut self) -> Result<(), RunnerError> {
         let mut done = 0u64;
         let mut failures = 0u32;
+        let mut down = Outage::default();
         loop {
             if self.stopping() {
                 info!("asked to stop: loop ends after {done} job(s)");
@@ -256,8 +267,17 @@ impl Loop {
                     info!("asked to stop: loop ends after {done} job(s)");
                     return Ok(());
                 }
+                // GitHub down or failing past the retries of one request: the loop
+                // waits it out itself (a restart would not help, and would count
+                // towards giving up). The registration budget still bounds mints.
+                Err(RunnerError::Forge(e)) if e.is_transient() => {
+                    self.last_exit = None;
+                    down.wait(&e, &mut self.stop.clone()).await;
+                    continue;
+                }
                 r => r?,
             };
+            down = Outage::default();
             if it.deprecated {
                 return Err(RunnerError::RunnerDeprecated {
                     image: self.cfg.image.clone(),
@@ -299,6 +319,39 @@ impl Loop {
         }
     }
 }
+
+/// Waiting out GitHub being unreachable or failing: 5 s doubling to 5 min, or
+/// what GitHub asked for.
+#[derive(Default)]
+struct Outage {
+    tries: u32,
+}
+
+impl Outage {
+    /// Wait before the next try after `e`; `false` when asked to stop meanwhile.
+    async fn wait(&mut self, e: &ForgeError, stop: &mut watch::Receiver<bool>) -> bool {
+        self.tries += 1;
+        let wait = e.retry_after().unwrap_or_else(|| {
+            Duration::from_secs(5u64 << self.tries.min(6).saturating_sub(1)).min(OUTAGE_MAX_WAIT)
+        });
+        warn!(
+            "GitHub is unreachable or failing ({e}); trying again in {}s (attempt {})",
+            wait.as_secs(),
+            self.tries
+        );
+        events::emit(&crate::types::status::LoopEvent::BackingOff {
+            seconds: wait.as_secs(),
+            why: format!("GitHub: {e}"),
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = stop.wait_for(|s| *s) => false,
+        }
+    }
+}
+
+/// The longest wait between two tries while GitHub is down.
+const OUTAGE_MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// A watch channel set to `true` on SIGTERM, SIGINT or SIGHUP.
 pub fn stop_on_signals() -> std::io::Result<watch::Receiver<bool>> {
