@@ -12,3 +12,4 @@ mod image;
 mod lifecycle;
 mod loop_e2e;
 mod qemu;
+mod systemd;

@@ -113,6 +113,9 @@ pub(super) async fn supervise(
         if *stop.borrow() {
             break;
         }
+        // systemd (notify.rs): pinged from this loop, so a wedged supervision stops pinging.
+        super::notify::watchdog();
+        super::notify::status(&status_line(&slots));
         // Start the next loop when the previous one is up, or its wait is over.
         if next_start < slots.len() {
             let open = match gate {
@@ -140,6 +143,8 @@ pub(super) async fn supervise(
                 start(&launcher, s)?;
                 gate = Some((next_start, Instant::now()));
                 next_start += 1;
+                // systemd (notify.rs): READY once the first loop runs; a long stagger is not start-up.
+                super::notify::ready(&status_line(&slots));
             }
         }
         for s in slots.iter_mut().take(next_start) {
@@ -214,10 +219,14 @@ pub(super) async fn supervise(
         if Instant::now() >= next_reconcile {
             if let Some(r) = reconciler.as_mut() {
                 // Never judge registrations against an unknown set of live VMs.
-                match backend.list(prefix).await {
-                    Ok(live) => r.pass(&live, false).await,
-                    Err(e) => warn!("cannot list VMs; skipping the registration clean-up: {e}"),
-                }
+                // systemd (notify.rs): a rate-limited pass keeps the watchdog quiet, within a bound.
+                super::notify::keep_alive(super::RECONCILE_LIMIT, async {
+                    match backend.list(prefix).await {
+                        Ok(live) => r.pass(&live, false).await,
+                        Err(e) => warn!("cannot list VMs; skipping the registration clean-up: {e}"),
+                    }
+                })
+                .await;
             }
             next_reconcile = Instant::now() + every;
         }
@@ -227,6 +236,8 @@ pub(super) async fn supervise(
         }
     }
 
+    // systemd (notify.rs): the stop has begun; TimeoutStopSec= runs from here.
+    super::notify::stopping();
     if *stop.borrow() {
         info!("stopping: asking every loop to terminate");
         shutdown(&mut slots, rcfg).await;
@@ -260,4 +271,17 @@ fn start(launcher: &Launcher, s: &mut LoopSlot) -> Result<(), OrchestratorError>
     };
     s.started_once = true;
     Ok(())
+}
+
+/// systemd's `STATUS=` line (notify.rs): how many loops run, wait (staggered or
+/// backing off), ended, were given up.
+fn status_line(slots: &[LoopSlot]) -> String {
+    let count = |f: fn(&LoopState) -> bool| slots.iter().filter(|s| f(&s.state)).count();
+    format!(
+        "loops: {} running, {} waiting, {} ended, {} given up",
+        count(|s| matches!(s, LoopState::Running { .. })),
+        count(|s| matches!(s, LoopState::Waiting { .. })),
+        count(|s| matches!(s, LoopState::Done)),
+        count(|s| matches!(s, LoopState::Failed(_))),
+    )
 }
