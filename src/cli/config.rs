@@ -74,7 +74,29 @@ pub fn runner_config(
         }
         _ => {}
     }
-    let auth = match (&o.app_id, &o.app_key, o.pat.as_ref().map(|p| p.expose().to_string()).filter(|p| !p.is_empty())) {
+    // systemd credentials (credentials.rs) stand in for what is not given: the App's
+    // key when --app-id is, else the PAT.
+    let credential = |e: super::credentials::CredentialError| ConfigError(e.to_string());
+    let app_key = match (&o.app_id, &o.app_key) {
+        (Some(_), None) => super::credentials::app_key().map_err(credential)?,
+        (_, key) => key.clone(),
+    };
+    let pat = match (
+        &o.app_id,
+        o.pat
+            .as_ref()
+            .map(|p| p.expose().to_string())
+            .filter(|p| !p.is_empty()),
+    ) {
+        (None, None) => super::credentials::pat()
+            .map_err(credential)?
+            .map(|p| p.expose().to_string()),
+        (_, pat) => pat,
+    };
+    let auth = match (&o.app_id, &app_key, pat) {
+        (Some(_), None, _) => {
+            return err("--app-id needs --app-key PEM_FILE (RUNNER_APP_KEY), or under systemd a runner-app-key credential".into())
+        }
         (Some(id), Some(key), _) => {
             use std::os::unix::fs::PermissionsExt;
             let meta = std::fs::metadata(key).map_err(|e| ConfigError(format!("--app-key {}: {e}", key.display())))?;

@@ -6,6 +6,7 @@
 //! configuration the roles take (`config`); it must not run anything itself.
 
 mod config;
+mod credentials;
 mod orchestrator;
 mod runner;
 

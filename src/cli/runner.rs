@@ -169,7 +169,8 @@ pub struct RunnerOpts {
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// GitHub App id (with --app-key): authenticate as an App installation instead of a PAT.
-    #[arg(long = "app-id", env = "RUNNER_APP_ID", requires = "app_key")]
+    // Its key may also come from a systemd credential (credentials.rs): no `requires`.
+    #[arg(long = "app-id", env = "RUNNER_APP_ID")]
     pub app_id: Option<u64>,
     /// GitHub App private key, a PEM file; it stays on the host (warned when group/world readable).
     #[arg(

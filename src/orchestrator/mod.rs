@@ -13,6 +13,7 @@ pub mod image;
 mod launch;
 mod lock;
 pub mod metrics;
+mod notify;
 mod reconcile;
 mod shutdown;
 mod supervise;
@@ -30,6 +31,11 @@ use crate::runner::config::RunnerConfig;
 use crate::types::names::root_prefix;
 use launch::Launcher;
 use reconcile::Reconciler;
+
+/// Longest a registration clean-up pass may hold up supervision while systemd's
+/// watchdog (or start timeout) is kept quiet: the forge's retries honour rate
+/// limits of up to 15 minutes (`forge::transport`), a few times.
+const RECONCILE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The orchestrator's validated configuration (built by `cli::config`).
 #[derive(Debug, Clone)]
@@ -165,6 +171,8 @@ pub fn subcommand(command: Subcommand, n: u32) -> Result<(), OrchestratorError> 
 
 /// Run the orchestrator.
 pub fn main(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
+    // systemd (notify.rs): NOTIFY_SOCKET/WATCHDOG_* taken while no thread or child exists.
+    notify::take_from_env();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -178,6 +186,11 @@ async fn run(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
     let rcfg = &cfg.runner;
     let backend = Backend::detect(rcfg.runtime, &rcfg.qemu)?;
     let (args, pat, secret) = args::extract_secrets(&cfg.runner_args);
+    // The PAT as resolved (-T, RUNNER_PAT, or a systemd credential): the loops get it as RUNNER_PAT.
+    let pat = pat.or(match &rcfg.auth {
+        crate::forge::Auth::Pat(p) => Some(p.clone()),
+        crate::forge::Auth::App { .. } => None,
+    });
 
     let tmp = std::env::temp_dir();
     let _lock = lock::lock(&tmp, &prefix)?;
@@ -218,7 +231,8 @@ async fn run(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
         }
     };
     if let Some(r) = reconciler.as_mut() {
-        r.pass(&[], true).await;
+        // systemd (notify.rs): a rate-limited pass extends the start timeout.
+        notify::keep_alive(RECONCILE_LIMIT, r.pass(&[], true)).await;
     }
 
     let root = match isolation {

@@ -73,6 +73,11 @@ pub(super) struct Shared {
 }
 
 impl Shared {
+    /// The fleet's one-line summary (systemd's `STATUS=`).
+    fn summary(&self) -> String {
+        self.fleet.lock().map(|f| f.summary()).unwrap_or_default()
+    }
+
     fn with(&self, f: impl FnOnce(&mut Fleet)) {
         if let Ok(mut fleet) = self.fleet.lock() {
             f(&mut fleet);
@@ -135,6 +140,9 @@ pub(super) async fn supervise(
         if *stop.borrow() {
             break;
         }
+        // systemd (notify.rs): pinged from this loop, so a wedged supervision stops pinging.
+        super::notify::watchdog();
+        super::notify::status(&shared.summary());
         // Start the next loop when the previous one is up, or its wait is over.
         if next_start < slots.len() {
             let open = match gate {
@@ -162,6 +170,8 @@ pub(super) async fn supervise(
                 start(&launcher, s, &shared)?;
                 gate = Some((next_start, Instant::now()));
                 next_start += 1;
+                // systemd (notify.rs): READY once the first loop runs; a long stagger is not start-up.
+                super::notify::ready(&shared.summary());
             }
         }
         for s in slots.iter_mut().take(next_start) {
@@ -241,10 +251,14 @@ pub(super) async fn supervise(
         if Instant::now() >= next_reconcile {
             if let Some(r) = reconciler.as_mut() {
                 // Never judge registrations against an unknown set of live VMs.
-                match backend.list(prefix).await {
-                    Ok(live) => r.pass(&live, false).await,
-                    Err(e) => warn!("cannot list VMs; skipping the registration clean-up: {e}"),
-                }
+                // systemd (notify.rs): a rate-limited pass keeps the watchdog quiet, within a bound.
+                super::notify::keep_alive(super::RECONCILE_LIMIT, async {
+                    match backend.list(prefix).await {
+                        Ok(live) => r.pass(&live, false).await,
+                        Err(e) => warn!("cannot list VMs; skipping the registration clean-up: {e}"),
+                    }
+                })
+                .await;
             }
             next_reconcile = Instant::now() + every;
         }
@@ -254,6 +268,8 @@ pub(super) async fn supervise(
         }
     }
 
+    // systemd (notify.rs): the stop has begun; TimeoutStopSec= runs from here.
+    super::notify::stopping();
     if *stop.borrow() {
         info!("stopping: asking every loop to terminate");
         shared.with(Fleet::drain);
