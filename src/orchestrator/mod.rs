@@ -10,6 +10,7 @@ pub mod args;
 pub mod image;
 mod launch;
 mod lock;
+pub mod logs;
 mod reconcile;
 mod shutdown;
 mod supervise;
@@ -58,6 +59,8 @@ pub enum Subcommand {
     Demo(crate::demo::DemoConfig),
     /// `image bundle`.
     Bundle(image::BundleJob),
+    /// `logs [LOOP | VM] [-f]`.
+    Logs(logs::LogsRequest),
     /// `image prune [--all]`.
     Prune {
         /// Also every other image and working container.
@@ -97,6 +100,9 @@ pub enum OrchestratorError {
     /// An input of `image bundle` is unusable (exit 2); its causes follow it.
     #[error(transparent)]
     ImageInput(crate::image::ImageError),
+    /// `logs` found nothing to show, or could not show it.
+    #[error(transparent)]
+    Logs(#[from] logs::LogsError),
 }
 
 impl OrchestratorError {
@@ -104,6 +110,7 @@ impl OrchestratorError {
     pub fn exit_code(&self) -> u8 {
         match self {
             OrchestratorError::Usage(_) | OrchestratorError::ImageInput(_) => protocol::exit::USAGE,
+            OrchestratorError::Logs(e) => e.exit_code(),
             _ => protocol::exit::FAILED,
         }
     }
@@ -120,6 +127,7 @@ pub fn subcommand(command: Subcommand, n: u32) -> Result<(), OrchestratorError> 
         Subcommand::Demo(cfg) => crate::demo::run(cfg, n).map_err(OrchestratorError::Demo),
         Subcommand::Bundle(job) => image::bundle(job),
         Subcommand::Prune { all } => image::prune(all),
+        Subcommand::Logs(req) => Ok(logs::run(&req)?),
     }
 }
 

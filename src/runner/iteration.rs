@@ -140,9 +140,10 @@ impl Loop {
         match self.last_exit.take() {
             Some(t) => info!(
                 turnaround_ms = (started - t).as_millis() as u64,
+                vm = %name,
                 "VM {name} started"
             ),
-            None => info!("VM {name} started"),
+            None => info!(vm = %name, "VM {name} started"),
         }
         let tkn = self.dir.as_deref().map(|d| file_in(d, id, Kind::Tkn));
         // Without a loop directory there is no ready mark: a started VM counts as up.
@@ -162,6 +163,8 @@ impl Loop {
                 ready = true;
                 info!(
                     boot_ms = started.elapsed().as_millis() as u64,
+                    vm = %name,
+                    runner = %name,
                     "runner {name} is up"
                 );
             }
@@ -226,9 +229,9 @@ impl Loop {
         let exit = status.as_ref().map(|st| self.backend.describe_exit(st));
         match &exit {
             // A runner deleted under it by the host may exit with an error: expected.
-            Some((ok, what)) if *ok || drained => info!("VM {name} exited ({what})"),
-            Some((_, what)) => warn!("VM {name} exited ({what})"),
-            None => warn!("VM {name}: exit status unknown"),
+            Some((ok, what)) if *ok || drained => info!(vm = %name, "VM {name} exited ({what})"),
+            Some((_, what)) => warn!(vm = %name, "VM {name} exited ({what})"),
+            None => warn!(vm = %name, "VM {name}: exit status unknown"),
         }
         if let Some(dir) = &self.dir {
             let brk = file_in(dir, id, Kind::Brk);
@@ -311,6 +314,10 @@ impl Loop {
     /// and its registration if still there. A VM that cannot be confirmed gone
     /// ends the loop: the next VM's `.env` would be written where it can still read.
     async fn cleanup(&self, name: &str, runner_id: Option<u64>) -> Result<(), RunnerError> {
+        let (prefix, keep) = (&self.cfg.prefix, self.cfg.keep_consoles);
+        if let Err(e) = self.backend.keep_console(name, prefix, keep) {
+            warn!(vm = %name, "cannot keep the console of VM {name} (--keep-consoles): {e}");
+        }
         let gone = self.backend.delete(name).await;
         let mut emptied = Ok(());
         if let Some(dir) = &self.dir {
