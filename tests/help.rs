@@ -29,6 +29,7 @@ const PAGES: &[(&str, &str, &[&str])] = &[
         &["image", "prune", "--help"],
     ),
     ("orchestrator-help.txt", "orchestrator", &["help"]),
+    ("orchestrator-logs.txt", "orchestrator", &["logs", "--help"]),
     ("runner.txt", "runner", &["--help"]),
     ("runner-short.txt", "runner", &["-h"]),
 ];

@@ -10,5 +10,6 @@ mod handshake;
 mod help;
 mod image;
 mod lifecycle;
+mod logs;
 mod loop_e2e;
 mod qemu;
