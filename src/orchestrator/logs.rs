@@ -164,7 +164,7 @@ fn show(
 }
 
 /// Print a console, then what is appended to it, until its VM's QEMU process has
-/// ended (or, when that cannot be found, until the VM's state directory is gone).
+/// ended (without pidfds: until the VM's state directory is gone).
 fn follow(c: &Console, out: &mut impl Write) -> Result<(), LogsError> {
     let (mut f, _, mut text) = show(c, false, false, out)?;
     let w = io("write to standard output");
@@ -184,7 +184,7 @@ fn follow(c: &Console, out: &mut impl Write) -> Result<(), LogsError> {
             | AddWatchFlags::IN_ATTRIB,
     );
     let dir = c.path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut qemu = Qemu::find(&c.path);
+    let qemu = Qemu::find(&c.path);
     let mut buf = vec![0; CHUNK];
     let mut ended = false;
     loop {
@@ -202,8 +202,8 @@ fn follow(c: &Console, out: &mut impl Write) -> Result<(), LogsError> {
             break;
         }
         let mut fds = vec![PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
-        if let Some(q) = &qemu {
-            fds.push(PollFd::new(q.pidfd.as_fd(), PollFlags::POLLIN));
+        if let Qemu::Running(pidfd) = &qemu {
+            fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
         }
         let _ = nix::poll::poll(&mut fds, PollTimeout::from(1000u16));
         let exited = fds
@@ -211,11 +211,12 @@ fn follow(c: &Console, out: &mut impl Write) -> Result<(), LogsError> {
             .and_then(|p| p.revents())
             .is_some_and(|r| !r.is_empty());
         let _ = inotify.read_events();
-        if qemu.is_none() {
-            qemu = Qemu::find(&c.path);
-        }
         // Once QEMU has exited nothing more is written: read to the end, then stop.
-        ended = exited || (qemu.is_none() && !dir.exists());
+        ended = match &qemu {
+            Qemu::Running(_) => exited,
+            Qemu::Gone => true,
+            Qemu::Unknown => !dir.exists(),
+        };
     }
     write!(out, "{}", text.finish()).map_err(io("write"))?;
     writeln!(out, "==> VM {} has ended <==", c.vm).map_err(w)?;
@@ -224,21 +225,39 @@ fn follow(c: &Console, out: &mut impl Write) -> Result<(), LogsError> {
 
 /// The VM's QEMU process, found by the console on its command line, held by a
 /// pidfd (readable once it has exited; a reused pid cannot fool it).
-struct Qemu {
-    pidfd: OwnedFd,
+enum Qemu {
+    Running(OwnedFd),
+    /// No process has this console on its command line: it has ended (the state
+    /// directory is private to this user, so its QEMU is this user's and visible).
+    Gone,
+    /// It runs, but this kernel has no pidfd (before 5.3): watch its state directory.
+    Unknown,
 }
 
 impl Qemu {
-    fn find(console: &Path) -> Option<Qemu> {
-        let want = format!("file:{}", console.display().to_string().replace(',', ",,"));
+    fn find(console: &Path) -> Qemu {
+        // `-serial file:<state>/<vm>/console.log`: matched by its end, so a TMPDIR
+        // spelt differently (a trailing slash) still matches; the VM name is unique.
+        let tail = console
+            .parent()
+            .and_then(Path::file_name)
+            .map(|vm| format!("/{}/console.log", vm.to_string_lossy()));
+        let Some(tail) = tail else {
+            return Qemu::Unknown;
+        };
         let is_it = |pid: i32| {
             let mut cmd = vec![];
             std::fs::File::open(format!("/proc/{pid}/cmdline"))
                 .and_then(|f| f.take(256 << 10).read_to_end(&mut cmd))
                 .is_ok()
-                && cmd.split(|b| *b == 0).any(|a| a == want.as_bytes())
+                && cmd
+                    .split(|b| *b == 0)
+                    .any(|a| a.starts_with(b"file:") && a.ends_with(tail.as_bytes()))
         };
-        for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Qemu::Unknown;
+        };
+        for e in procs.flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
                 continue;
             };
@@ -249,14 +268,17 @@ impl Qemu {
             // or -1; it touches no memory of ours.
             let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
             if fd < 0 {
-                return None;
+                return Qemu::Unknown;
             }
             // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
             let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
             // The pid may have been reused between the scan and the open.
-            return is_it(pid).then_some(Qemu { pidfd });
+            return match is_it(pid) {
+                true => Qemu::Running(pidfd),
+                false => Qemu::Gone,
+            };
         }
-        None
+        Qemu::Gone
     }
 }
 
