@@ -39,6 +39,7 @@ const PAGES: &[(&str, &str, &[&str])] = &[
         "orchestrator",
         &["drain", "--help"],
     ),
+    ("orchestrator-logs.txt", "orchestrator", &["logs", "--help"]),
     ("runner.txt", "runner", &["--help"]),
     ("runner-short.txt", "runner", &["-h"]),
 ];

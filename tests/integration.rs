@@ -10,6 +10,7 @@ mod handshake;
 mod help;
 mod image;
 mod lifecycle;
+mod logs;
 mod loop_e2e;
 mod operations;
 mod qemu;

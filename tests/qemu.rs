@@ -11,7 +11,7 @@ use ghrm::localforge::JobStatus;
 
 const GUEST_FORGE: &str = "10.0.2.100:80";
 
-fn qemu_args(w: &World, extra: &[&str]) -> Vec<String> {
+pub(crate) fn qemu_args(w: &World, extra: &[&str]) -> Vec<String> {
     let bundle = qemu_bundle();
     let port = w.forge.addr().port();
     w.forge.set_runner_url(&format!("http://{GUEST_FORGE}"));
@@ -103,7 +103,7 @@ fn qemu_loops_run_every_job_in_a_microvm() {
     );
 }
 
-fn ghrm_qemu_state(w: &World) -> Vec<String> {
+pub(crate) fn ghrm_qemu_state(w: &World) -> Vec<String> {
     std::fs::read_dir(w.tmp())
         .unwrap()
         .flatten()

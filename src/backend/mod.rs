@@ -136,6 +136,13 @@ pub trait Hypervisor: std::fmt::Debug {
         None
     }
 
+    /// After the VM ended, before [`Hypervisor::delete`]: keep its console for
+    /// `orchestrator logs`, and only its loop's newest `keep` (0: none). Backends
+    /// without a console keep nothing.
+    fn keep_console(&self, _name: &str, _prefix: &str, _keep: u32) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// Ask the guest to shut down through the hypervisor (an ACPI power button).
     /// False when nothing was sent.
     fn powerdown<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, bool> {
@@ -225,6 +232,11 @@ impl Backend {
     /// How many bytes the VM's console holds, where the backend keeps one.
     pub fn console_bytes(&self, name: &str) -> Option<u64> {
         self.0.console_bytes(name)
+    }
+
+    /// Keep the ended VM's console (the newest `keep` of its loop), where there is one.
+    pub fn keep_console(&self, name: &str, prefix: &str, keep: u32) -> std::io::Result<()> {
+        self.0.keep_console(name, prefix, keep)
     }
 
     /// Ask the guest to shut down through the hypervisor, where there is a way.

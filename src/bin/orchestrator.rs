@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         }
     };
     let verbose = verbosity(cli.verbose, "ORCHESTRATOR_VERBOSE");
-    if let Err(e) = logging::init(verbose, cli.log.as_deref(), "orchestrator") {
+    if let Err(e) = logging::init(verbose, cli.log.as_deref(), "orchestrator", cli.log_format) {
         eprintln!("orchestrator: error: cannot open the log file given with -l: {e}");
         return ExitCode::from(exit::USAGE);
     }

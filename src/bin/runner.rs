@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let verbose = verbosity(cli.opts.verbose, "RUNNER_VERBOSE");
     let loop_no = cli.loop_id.first().cloned().unwrap_or_else(|| "1".into());
     let who = format!("runner {loop_no}");
-    if let Err(e) = logging::init(verbose, cli.opts.log.as_deref(), &who) {
+    if let Err(e) = logging::init(verbose, cli.opts.log.as_deref(), &who, cli.opts.log_format) {
         eprintln!("{who}: error: cannot open the log file given with -l: {e}");
         return ExitCode::from(exit::USAGE);
     }

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, FromArgMatches};
 
-use super::{Command, DemoArgs, ImageCommand, OrchestratorCli, RunnerCli, RunnerOpts};
+use super::{Command, DemoArgs, ImageCommand, LogsArgs, OrchestratorCli, RunnerCli, RunnerOpts};
 use crate::backend::qemu;
 use crate::demo::DemoConfig;
 use crate::forge::{Auth, Endpoints, ScopeKind};
 use crate::image::oci::OciInputs;
 use crate::image::BundleInputs;
 use crate::orchestrator::image::BundleJob;
+use crate::orchestrator::logs::{LogsRequest, LogsTarget};
 use crate::orchestrator::{OrchestratorConfig, OrchestratorError, Subcommand};
 use crate::runner::config::RunnerConfig;
 use crate::types::invalid::ConfigError;
@@ -309,6 +310,7 @@ pub fn runner_config(
         boot_timeout: o.boot_timeout,
         vm_lifetime: std::time::Duration::from_secs(o.vm_lifetime),
         console_limit: o.console_limit,
+        keep_consoles: o.keep_consoles,
         verbose: o.verbose,
     })
 }
@@ -387,6 +389,7 @@ pub fn subcommand(command: Command) -> Result<Subcommand, OrchestratorError> {
             prefix: valid_prefix(a.prefix)?,
             wait: !a.no_wait,
         }),
+        Command::Logs(a) => Ok(Subcommand::Logs(logs_request(a)?)),
         Command::Image(ImageCommand::Bundle(a)) => {
             let entrypoint = match a.entrypoint {
                 Some(e) => e,
@@ -419,6 +422,37 @@ pub fn subcommand(command: Command) -> Result<Subcommand, OrchestratorError> {
             Ok(Subcommand::Bundle(job))
         }
     }
+}
+
+/// `logs [-p PREFIX] [LOOP | VM] [-f]`: a number is a loop, anything else must be
+/// a VM name of the prefix.
+fn logs_request(a: LogsArgs) -> Result<LogsRequest, OrchestratorError> {
+    let usage = |s: String| Err(OrchestratorError::Usage(s));
+    if !protocol::valid_prefix(&a.prefix) {
+        return usage(format!(
+            "-p/--prefix {:?} must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 64 characters)",
+            a.prefix
+        ));
+    }
+    let target = match a.target {
+        None => None,
+        Some(t) if t.bytes().all(|b| b.is_ascii_digit()) => match t.parse::<u32>() {
+            Ok(n) if n >= 1 => Some(LogsTarget::Loop(n)),
+            _ => return usage(format!("LOOP {t:?} must be a loop number from 1")),
+        },
+        Some(t) if crate::types::names::is_vm_of(&t, &a.prefix) => Some(LogsTarget::Vm(t)),
+        Some(t) => {
+            return usage(format!(
+                "{t:?} is neither a loop number nor a VM of prefix {:?} ({}-<loop>-<random>); another prefix needs -p",
+                a.prefix, a.prefix
+            ))
+        }
+    };
+    Ok(LogsRequest {
+        prefix: a.prefix,
+        target,
+        follow: a.follow,
+    })
 }
 
 fn demo_config(a: DemoArgs) -> DemoConfig {

@@ -56,6 +56,18 @@ pub struct OrchestratorCli {
         value_name = "FILE"
     )]
     pub log: Option<PathBuf>,
+    /// Log lines as text, or as one JSON object per line (timestamp, level, who,
+    /// message and fields such as boot_ms, turnaround_ms, vm, runner); passed on to
+    /// the loops.
+    #[arg(
+        long = "log-format",
+        env = "ORCHESTRATOR_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text",
+        value_enum,
+        global = true
+    )]
+    pub log_format: crate::logging::LogFormat,
     /// Runtime passed to the loops: krunvm, podman or qemu; empty = detect.
     #[arg(short = 'R', long = "runtime", env = "ORCHESTRATOR_RUNTIME", default_value = "", value_parser = parse_runtime)]
     pub runtime: RuntimeChoice,
@@ -102,6 +114,10 @@ pub enum Command {
     /// ones finish their job (within the loops' --grace), then the orchestrator
     /// exits 0. The same as SIGTERM, asked from another terminal or a deploy script.
     Drain(DrainArgs),
+    /// Print a loop's current or last VM console (QEMU only), with control
+    /// sequences made visible; with -f, follow it until that VM ends.
+    #[command(after_help = LOGS_AFTER)]
+    Logs(LogsArgs),
 }
 
 /// `orchestrator status`.
@@ -140,6 +156,37 @@ pub struct DrainArgs {
     /// Return once draining has begun instead of when the orchestrator has ended.
     #[arg(long)]
     pub no_wait: bool,
+}
+
+const LOGS_AFTER: &str = "\
+Without LOOP or VM: every loop's current or last console, each under a
+==> loop N: VM (running|ended) <== line. A running VM's console is read from
+QEMU's state directory ($TMPDIR/gh-runner-microvm-qemu.UID/VM/console.log); an
+ended one from the kept consoles (runner --keep-consoles K, default 3, the last
+1 MiB of each) in ${XDG_STATE_HOME:-~/.local/state}/gh-runner-microvm/consoles/PREFIX/.
+krunvm and podman VMs have no console to show.
+
+Exit status: 0 printed (with -f: the VM ended); 1 nothing to show for that
+prefix, loop or VM; 2 invalid usage (-f without LOOP or VM while several loops
+have a console).";
+
+/// `orchestrator logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Prefix of the VM names, as given to the orchestrator.
+    #[arg(
+        short = 'p',
+        long = "prefix",
+        env = "ORCHESTRATOR_PREFIX",
+        default_value = "GH-runner"
+    )]
+    pub prefix: String,
+    /// Follow the console as the guest writes it, until its VM ends.
+    #[arg(short = 'f', long = "follow")]
+    pub follow: bool,
+    /// A loop number (3) or a VM name (GH-runner-3-abc12345).
+    #[arg(value_name = "LOOP | VM")]
+    pub target: Option<String>,
 }
 
 /// `orchestrator image …`.

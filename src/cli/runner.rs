@@ -93,6 +93,16 @@ pub struct RunnerOpts {
     /// Log destination: a file to append to (default: standard error).
     #[arg(short = 'l', long = "log", env = "RUNNER_LOG", value_name = "FILE")]
     pub log: Option<PathBuf>,
+    /// Log lines as text, or as one JSON object per line (timestamp, level, who,
+    /// message and fields such as boot_ms, turnaround_ms, vm, runner).
+    #[arg(
+        long = "log-format",
+        env = "RUNNER_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text",
+        value_enum
+    )]
+    pub log_format: crate::logging::LogFormat,
     /// Runner labels, comma-separated (default: microvm,<runtime>).
     #[arg(
         short = 'L',
@@ -231,6 +241,16 @@ pub struct RunnerOpts {
     /// more is killed, so it cannot fill the host's disk.
     #[arg(long = "console-limit", env = "RUNNER_CONSOLE_LIMIT", value_name = "SIZE", default_value = "64M", value_parser = super::parse_limit)]
     pub console_limit: u64,
+    /// QEMU: keep the consoles of this loop's last K VMs after they end (the last
+    /// 1 MiB of each, in ~/.local/state/gh-runner-microvm/consoles/PREFIX/, shown by
+    /// `orchestrator logs`); 0 keeps none. Other backends have no console to keep.
+    #[arg(
+        long = "keep-consoles",
+        env = "RUNNER_KEEP_CONSOLES",
+        value_name = "K",
+        default_value_t = 3
+    )]
+    pub keep_consoles: u32,
     /// QEMU: accelerator; auto uses KVM only when a probe guest really boots with it.
     #[arg(
         long = "accel",

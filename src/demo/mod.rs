@@ -113,6 +113,8 @@ pub fn run(args: DemoConfig, n: u32) -> Result<(), DemoError> {
         ])
         .args(["-m", &args.memory.to_string(), "-c", "1", "--grace", "30"])
         .env("RUNNER_PAT", PAT)
+        // The table reads boot_ms= and turnaround_ms= from text lines.
+        .env("ORCHESTRATOR_LOG_FORMAT", "text")
         .stdin(Stdio::null())
         .stdout(
             log.try_clone()

@@ -76,6 +76,10 @@ impl Launcher {
                 backend.runtime().name().to_string(),
             ),
             ("RUNNER_VERBOSE".to_string(), cfg.verbose.to_string()),
+            (
+                "RUNNER_LOG_FORMAT".to_string(),
+                crate::logging::format().name().to_string(),
+            ),
         ];
         if let Some(l) = &cfg.log {
             env.push(("RUNNER_LOG".into(), l.display().to_string()));

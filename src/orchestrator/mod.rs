@@ -14,6 +14,7 @@ mod launch;
 mod lock;
 pub mod metrics;
 mod notify;
+pub mod logs;
 mod reconcile;
 mod shutdown;
 mod supervise;
@@ -71,6 +72,8 @@ pub enum Subcommand {
     Demo(crate::demo::DemoConfig),
     /// `image bundle`.
     Bundle(image::BundleJob),
+    /// `logs [LOOP | VM] [-f]`.
+    Logs(logs::LogsRequest),
     /// `image prune [--all]`.
     Prune {
         /// Also every other image and working container.
@@ -127,6 +130,9 @@ pub enum OrchestratorError {
     /// `status` / `drain` could not reach the orchestrator.
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// `logs` found nothing to show, or could not show it.
+    #[error(transparent)]
+    Logs(#[from] logs::LogsError),
 }
 
 impl OrchestratorError {
@@ -134,6 +140,7 @@ impl OrchestratorError {
     pub fn exit_code(&self) -> u8 {
         match self {
             OrchestratorError::Usage(_) | OrchestratorError::ImageInput(_) => protocol::exit::USAGE,
+            OrchestratorError::Logs(e) => e.exit_code(),
             _ => protocol::exit::FAILED,
         }
     }
@@ -166,6 +173,7 @@ pub fn subcommand(command: Subcommand, n: u32) -> Result<(), OrchestratorError> 
             }
             Ok(())
         }
+        Subcommand::Logs(req) => Ok(logs::run(&req)?),
     }
 }
 

@@ -62,6 +62,8 @@ pub struct RunnerConfig {
     pub vm_lifetime: std::time::Duration,
     /// `--console-limit`: bytes a VM's console may hold.
     pub console_limit: u64,
+    /// `--keep-consoles`: consoles of this loop's last K VMs kept after they end.
+    pub keep_consoles: u32,
     /// Verbosity.
     pub verbose: u8,
     /// QEMU settings.

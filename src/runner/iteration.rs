@@ -176,8 +176,8 @@ impl Loop {
             .take()
             .map(|t| (started - t).as_millis() as u64);
         match turnaround_ms {
-            Some(ms) => info!(turnaround_ms = ms, "VM {name} started"),
-            None => info!("VM {name} started"),
+            Some(ms) => info!(turnaround_ms = ms, vm = %name, "VM {name} started"),
+            None => info!(vm = %name, "VM {name} started"),
         }
         emit(&LoopEvent::Booting {
             vm: name.clone(),
@@ -202,7 +202,7 @@ impl Loop {
             if !ready && tkn.as_deref().is_some_and(safefs::is_regular) {
                 ready = true;
                 let boot_ms = started.elapsed().as_millis() as u64;
-                info!(boot_ms, "runner {name} is up");
+                info!(boot_ms, vm = %name, runner = %name, "runner {name} is up");
                 emit(&LoopEvent::Up {
                     vm: name.clone(),
                     boot_ms,
@@ -277,9 +277,9 @@ impl Loop {
         let exit = status.as_ref().map(|st| self.backend.describe_exit(st));
         match &exit {
             // A runner deleted under it by the host may exit with an error: expected.
-            Some((ok, what)) if *ok || drained => info!("VM {name} exited ({what})"),
-            Some((_, what)) => warn!("VM {name} exited ({what})"),
-            None => warn!("VM {name}: exit status unknown"),
+            Some((ok, what)) if *ok || drained => info!(vm = %name, "VM {name} exited ({what})"),
+            Some((_, what)) => warn!(vm = %name, "VM {name} exited ({what})"),
+            None => warn!(vm = %name, "VM {name}: exit status unknown"),
         }
         if let Some(dir) = &self.dir {
             let brk = file_in(dir, id, Kind::Brk);
@@ -375,6 +375,10 @@ impl Loop {
     /// and its registration if still there. A VM that cannot be confirmed gone
     /// ends the loop: the next VM's `.env` would be written where it can still read.
     async fn cleanup(&self, name: &str, runner_id: Option<u64>) -> Result<(), RunnerError> {
+        let (prefix, keep) = (&self.cfg.prefix, self.cfg.keep_consoles);
+        if let Err(e) = self.backend.keep_console(name, prefix, keep) {
+            warn!(vm = %name, "cannot keep the console of VM {name} (--keep-consoles): {e}");
+        }
         let gone = self.backend.delete(name).await;
         let mut emptied = Ok(());
         if let Some(dir) = &self.dir {

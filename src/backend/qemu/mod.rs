@@ -10,6 +10,7 @@
 mod accel;
 mod cmdline;
 mod console;
+pub mod keep;
 mod net;
 mod qmp;
 mod scratch;
@@ -264,6 +265,10 @@ impl Hypervisor for Qemu {
 
     fn console_bytes(&self, name: &str) -> Option<u64> {
         Qemu::console_bytes(self, name)
+    }
+
+    fn keep_console(&self, name: &str, prefix: &str, keep: u32) -> std::io::Result<()> {
+        keep::keep(&self.console_path(name), name, prefix, keep)
     }
 
     fn powerdown<'a>(&'a self, name: &'a str) -> BoxFuture<'a, bool> {
