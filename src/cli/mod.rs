@@ -10,7 +10,9 @@ mod orchestrator;
 mod runner;
 
 pub use config::{orchestrator_config, runner_config, subcommand};
-pub use orchestrator::{BundleArgs, Command, DemoArgs, ImageCommand, OrchestratorCli, PruneArgs};
+pub use orchestrator::{
+    BundleArgs, Command, DemoArgs, DoctorArgs, ImageCommand, OrchestratorCli, PruneArgs,
+};
 pub use runner::{RunnerCli, RunnerOpts};
 
 use clap::ValueEnum;

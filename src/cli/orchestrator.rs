@@ -91,6 +91,37 @@ pub enum Command {
     /// Guest images: build QEMU bundles.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Check this host, the loops' configuration and their GitHub credential.
+    ///
+    /// Runtime and tools, KVM (a real boot), QEMU's microvm, the bundle and its
+    /// kernel's boot, the guest network, free space, `ulimit -n`, the clock against
+    /// GitHub's, and what the credential may do. One line per check (✔ ok,
+    /// ! warning, ✖ failure with its fix); exit 0 when every required check passes,
+    /// 1 otherwise, 2 for usage errors.
+    #[command(after_help = DOCTOR_AFTER)]
+    Doctor(DoctorArgs),
+}
+
+const DOCTOR_AFTER: &str = "\
+Give it the loops' own arguments after -- (the orchestrator's -n, and -R before
+`doctor`, apply as they would to the loops):
+
+  RUNNER_PAT=... orchestrator -n 4 doctor -- -p acme/widgets -R qemu -i ~/bundles/ubuntu
+
+Without a credential GitHub is not contacted. Secrets are never printed.";
+
+/// `orchestrator doctor` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoctorArgs {
+    /// One JSON document on standard output instead of lines (README: its fields).
+    #[arg(long)]
+    pub json: bool,
+    /// Do not boot the bundle's kernel (faster; KVM is still probed with a boot).
+    #[arg(long)]
+    pub no_boot: bool,
+    /// The loops' arguments (see runner --help).
+    #[arg(last = true, value_name = "RUNNER_ARGS")]
+    pub runner_args: Vec<String>,
 }
 
 /// `orchestrator image …`.

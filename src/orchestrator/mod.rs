@@ -63,6 +63,8 @@ pub enum Subcommand {
         /// Also every other image and working container.
         all: bool,
     },
+    /// `doctor`.
+    Doctor(Box<crate::doctor::DoctorConfig>),
 }
 
 /// Orchestrator failures.
@@ -97,6 +99,9 @@ pub enum OrchestratorError {
     /// An input of `image bundle` is unusable (exit 2); its causes follow it.
     #[error(transparent)]
     ImageInput(crate::image::ImageError),
+    /// `doctor` found a required check failing, or could not report.
+    #[error(transparent)]
+    Doctor(#[from] crate::doctor::DoctorError),
 }
 
 impl OrchestratorError {
@@ -120,6 +125,7 @@ pub fn subcommand(command: Subcommand, n: u32) -> Result<(), OrchestratorError> 
         Subcommand::Demo(cfg) => crate::demo::run(cfg, n).map_err(OrchestratorError::Demo),
         Subcommand::Bundle(job) => image::bundle(job),
         Subcommand::Prune { all } => image::prune(all),
+        Subcommand::Doctor(cfg) => Ok(crate::doctor::run(*cfg)?),
     }
 }
 
