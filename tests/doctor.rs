@@ -324,3 +324,31 @@ fn a_broken_bundle_fails() {
     assert_eq!(code, 0, "{out}");
     assert!(line(&out, "boot").starts_with('!'), "{out}");
 }
+
+/// With krunvm (the orchestrator's own -R, before `doctor`): its tools are
+/// required, QEMU's are not, and the guest network is said plainly to reach the host.
+#[test]
+fn krunvm_is_warned_about_its_network() {
+    let w = World::new();
+    let url = w.forge.url();
+    let o = w
+        .command("orchestrator")
+        .args(["-R", "krunvm", "doctor", "--", "-g", &url, "-p", REPO])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        line(&out, "runtime").contains("krunvm (-R krunvm)"),
+        "{out}"
+    );
+    assert!(line(&out, "tools.krunvm").starts_with('✔'), "{out}");
+    let net = line(&out, "net");
+    assert!(
+        net.starts_with('!') && net.contains("libkrun") && net.contains("this host's services"),
+        "{net}"
+    );
+    assert!(
+        !out.contains(" bundle: ") && !out.contains(" boot: "),
+        "{out}"
+    );
+}
