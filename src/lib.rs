@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod cli;
 pub mod demo;
+pub mod doctor;
 pub mod forge;
 pub mod guestnet;
 pub mod hosttool;

@@ -28,6 +28,11 @@ const PAGES: &[(&str, &str, &[&str])] = &[
         "orchestrator",
         &["image", "prune", "--help"],
     ),
+    (
+        "orchestrator-doctor.txt",
+        "orchestrator",
+        &["doctor", "--help"],
+    ),
     ("orchestrator-help.txt", "orchestrator", &["help"]),
     (
         "orchestrator-status.txt",

@@ -4,6 +4,7 @@
 
 mod cli;
 mod common;
+mod doctor;
 mod forge_faults;
 mod guestnet;
 mod handshake;

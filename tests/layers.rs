@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 const FLOORS: &[(&str, &[&str])] = &[
     ("mains", &["bin"]),
     ("command line", &["cli"]),
-    ("roles", &["orchestrator", "runner", "demo"]),
+    ("roles", &["orchestrator", "runner", "demo", "doctor"]),
     (
         "services",
         &["backend", "guestnet", "forge", "image", "localforge"],

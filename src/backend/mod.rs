@@ -296,6 +296,56 @@ const HINTS: &[(&str, &str)] = &[
     ),
 ];
 
+/// A tool a backend needs: its name, whether it is here, and how to install it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tool {
+    /// The executable (`krun`: podman's krun runtime).
+    pub name: &'static str,
+    /// Found?
+    pub present: bool,
+    /// How to install it.
+    pub hint: &'static str,
+}
+
+/// The runtime `-R ''` would choose here, if any.
+pub fn detected() -> Option<Runtime> {
+    BACKENDS
+        .iter()
+        .find(|b| b.detect.is_some_and(|usable| usable()))
+        .map(|b| b.runtime)
+}
+
+/// The tools `runtime` needs, each looked up now (for `doctor`).
+pub fn tools_of(runtime: Runtime) -> Vec<Tool> {
+    let hint = |tool: &str| {
+        HINTS
+            .iter()
+            .find(|(t, _)| *t == tool)
+            .map_or("install it", |(_, h)| h)
+    };
+    let on_path = |name: &'static str| Tool {
+        name,
+        present: which::which(name).is_ok(),
+        hint: hint(name),
+    };
+    match runtime {
+        Runtime::Krunvm => vec![on_path("buildah"), on_path("krunvm")],
+        Runtime::Podman => vec![
+            on_path("podman"),
+            Tool {
+                name: "krun",
+                present: podman::has_krun(),
+                hint: hint("krun"),
+            },
+        ],
+        Runtime::Qemu => vec![Tool {
+            name: "qemu-system-x86_64",
+            present: qemu::qemu_binary().is_ok(),
+            hint: qemu::QEMU_HINT,
+        }],
+    }
+}
+
 fn missing(tool: &'static str) -> BackendError {
     let hint = HINTS
         .iter()

@@ -23,7 +23,7 @@ pub(super) const REGISTRATION: Registration = Registration {
 };
 
 /// Is the krun OCI runtime available to podman?
-fn has_krun() -> bool {
+pub(super) fn has_krun() -> bool {
     which::which("krun").is_ok()
         || hosttool::output(hosttool::command("crun").arg("--version"))
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("+LIBKRUN"))

@@ -10,7 +10,7 @@ use protocol::exit;
 fn main() -> ExitCode {
     ghrm::orchestrator::args::reexec_without_secrets(true);
     let _ = dotenvy::dotenv();
-    let cli = match OrchestratorCli::try_parse() {
+    let mut cli = match OrchestratorCli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -26,8 +26,8 @@ fn main() -> ExitCode {
         eprintln!("orchestrator: error: cannot open the log file given with -l: {e}");
         return ExitCode::from(exit::USAGE);
     }
-    if let Some(command) = cli.command {
-        let run = ghrm::cli::subcommand(command)
+    if let Some(command) = cli.command.take() {
+        let run = ghrm::cli::subcommand(command, &cli)
             .and_then(|c| ghrm::orchestrator::subcommand(c, cli.runners));
         return match run {
             Ok(()) => ExitCode::SUCCESS,

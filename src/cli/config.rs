@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, FromArgMatches};
 
-use super::{Command, DemoArgs, ImageCommand, LogsArgs, OrchestratorCli, RunnerCli, RunnerOpts};
+use super::{
+    Command, DemoArgs, DoctorArgs, ImageCommand, LogsArgs, OrchestratorCli, RunnerCli, RunnerOpts,
+};
 use crate::backend::qemu;
 use crate::demo::DemoConfig;
+use crate::doctor::DoctorConfig;
 use crate::forge::{Auth, Endpoints, ScopeKind};
 use crate::image::oci::OciInputs;
 use crate::image::BundleInputs;
@@ -330,25 +333,7 @@ pub fn orchestrator_config(
     }
     let isolation =
         !cli.no_isolation && std::env::var("ORCHESTRATOR_ISOLATION").map_or(true, |v| v != "0");
-    let usage = |e: clap::Error| {
-        OrchestratorError::Usage(format!(
-            "in the runner arguments after --: {}",
-            e.render().to_string().trim()
-        ))
-    };
-    let mut matches = RunnerCli::command()
-        .try_get_matches_from(
-            std::iter::once("runner".to_string()).chain(cli.runner_args.iter().cloned()),
-        )
-        .map_err(usage)?;
-    let mut parsed = RunnerCli::from_arg_matches_mut(&mut matches).map_err(usage)?;
-    // The orchestrator's -R stands in for RUNNER_RUNTIME: a -R among the runner
-    // arguments still wins, the environment does not.
-    if cli.runtime.0.is_some()
-        && matches.value_source("runtime") != Some(clap::parser::ValueSource::CommandLine)
-    {
-        parsed.opts.runtime = cli.runtime;
-    }
+    let parsed = loop_options(cli, &cli.runner_args)?;
     let runner = runner_config(&parsed.opts, &[], Some(prefix.clone()), None)
         .map_err(|e| OrchestratorError::Usage(format!("in the runner arguments after --: {e}")))?;
     Ok(OrchestratorConfig {
@@ -376,9 +361,69 @@ fn valid_prefix(prefix: String) -> Result<String, OrchestratorError> {
     Ok(prefix)
 }
 
-/// An `orchestrator` subcommand → the request its role carries out.
-pub fn subcommand(command: Command) -> Result<Subcommand, OrchestratorError> {
+/// The loops' arguments (after `--`) parsed with the runner's own parser, the
+/// orchestrator's `-R` standing in for `RUNNER_RUNTIME`.
+fn loop_options(cli: &OrchestratorCli, args: &[String]) -> Result<RunnerCli, OrchestratorError> {
+    let usage = |e: clap::Error| {
+        OrchestratorError::Usage(format!(
+            "in the runner arguments after --: {}",
+            e.render().to_string().trim()
+        ))
+    };
+    let mut matches = RunnerCli::command()
+        .try_get_matches_from(std::iter::once("runner".to_string()).chain(args.iter().cloned()))
+        .map_err(usage)?;
+    let mut parsed = RunnerCli::from_arg_matches_mut(&mut matches).map_err(usage)?;
+    // The orchestrator's -R stands in for RUNNER_RUNTIME: a -R among the runner
+    // arguments still wins, the environment does not.
+    if cli.runtime.0.is_some()
+        && matches.value_source("runtime") != Some(clap::parser::ValueSource::CommandLine)
+    {
+        parsed.opts.runtime = cli.runtime;
+    }
+    Ok(parsed)
+}
+
+/// `orchestrator doctor -- RUNNER_ARGS` → what to check: the loops' configuration
+/// as the orchestrator would validate it, where a credential (and with it `-p`)
+/// is optional.
+fn doctor_config(a: DoctorArgs, cli: &OrchestratorCli) -> Result<DoctorConfig, OrchestratorError> {
+    let mut opts = loop_options(cli, &a.runner_args)?.opts;
+    let has_pat = opts.pat.as_ref().is_some_and(|p| !p.expose().is_empty());
+    let credential = has_pat || (opts.app_id.is_some() && opts.app_key.is_some());
+    if !credential {
+        // Validate everything else with stand-ins that are never used (nothing is sent).
+        opts.pat = Some("doctor-no-credential".to_string().into());
+        if opts.principal.as_deref().is_none_or(str::is_empty) {
+            opts.principal = Some(
+                if opts.scope == ScopeKind::Repo {
+                    "owner/repo"
+                } else {
+                    "owner"
+                }
+                .into(),
+            );
+        }
+    }
+    let runner = runner_config(&opts, &[], Some(cli.prefix.clone()), None)
+        .map_err(|e| OrchestratorError::Usage(format!("in the runner arguments after --: {e}")))?;
+    Ok(DoctorConfig {
+        json: a.json,
+        boot: !a.no_boot,
+        loops: cli.runners,
+        github: credential.then(|| runner.auth.clone()),
+        runner,
+    })
+}
+
+/// An `orchestrator` subcommand → the request its role carries out; `cli` gives
+/// the options they share with the loops (`-n`, `-R`, `-p`).
+pub fn subcommand(
+    command: Command,
+    cli: &OrchestratorCli,
+) -> Result<Subcommand, OrchestratorError> {
     match command {
+        Command::Doctor(a) => Ok(Subcommand::Doctor(Box::new(doctor_config(a, cli)?))),
         Command::Demo(a) => Ok(Subcommand::Demo(demo_config(a))),
         Command::Image(ImageCommand::Prune(a)) => Ok(Subcommand::Prune { all: a.all }),
         Command::Status(a) => Ok(Subcommand::Status {

@@ -12,7 +12,7 @@ mod runner;
 
 pub use config::{orchestrator_config, runner_config, subcommand};
 pub use orchestrator::{
-    BundleArgs, Command, DemoArgs, ImageCommand, LogsArgs, OrchestratorCli, PruneArgs,
+    BundleArgs, Command, DemoArgs, DoctorArgs, ImageCommand, LogsArgs, OrchestratorCli, PruneArgs,
 };
 pub use runner::{RunnerCli, RunnerOpts};
 

@@ -118,6 +118,15 @@ pub enum Command {
     /// sequences made visible; with -f, follow it until that VM ends.
     #[command(after_help = LOGS_AFTER)]
     Logs(LogsArgs),
+    /// Check this host, the loops' configuration and their GitHub credential.
+    ///
+    /// Runtime and tools, KVM (a real boot), QEMU's microvm, the bundle and its
+    /// kernel's boot, the guest network, free space, `ulimit -n`, the clock against
+    /// GitHub's, and what the credential may do. One line per check (✔ ok,
+    /// ! warning, ✖ failure with its fix); exit 0 when every required check passes,
+    /// 1 otherwise, 2 for usage errors.
+    #[command(after_help = DOCTOR_AFTER)]
+    Doctor(DoctorArgs),
 }
 
 /// `orchestrator status`.
@@ -187,6 +196,28 @@ pub struct LogsArgs {
     /// A loop number (3) or a VM name (GH-runner-3-abc12345).
     #[arg(value_name = "LOOP | VM")]
     pub target: Option<String>,
+}
+
+const DOCTOR_AFTER: &str = "\
+Give it the loops' own arguments after -- (the orchestrator's -n, and -R before
+`doctor`, apply as they would to the loops):
+
+  RUNNER_PAT=... orchestrator -n 4 doctor -- -p acme/widgets -R qemu -i ~/bundles/ubuntu
+
+Without a credential GitHub is not contacted. Secrets are never printed.";
+
+/// `orchestrator doctor` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoctorArgs {
+    /// One JSON document on standard output instead of lines (README: its fields).
+    #[arg(long)]
+    pub json: bool,
+    /// Do not boot the bundle's kernel (faster; KVM is still probed with a boot).
+    #[arg(long)]
+    pub no_boot: bool,
+    /// The loops' arguments (see runner --help).
+    #[arg(last = true, value_name = "RUNNER_ARGS")]
+    pub runner_args: Vec<String>,
 }
 
 /// `orchestrator image …`.

@@ -11,8 +11,10 @@
 //!
 //! This file owns the client (its authentication and scope); `endpoints` the
 //! URLs, `error` the failures, `transport` one request with its retries,
-//! `runners` the runner API. Nothing here knows the command line or the loop.
+//! `runners` the runner API, `access` what a credential may do (for `doctor`).
+//! Nothing here knows the command line or the loop.
 
+pub mod access;
 mod endpoints;
 mod error;
 mod runners;

@@ -54,7 +54,7 @@ const INSTALL_HINT: &str =
      or choose --net restricted (only --net-forward targets) or --net user (no isolation from the host)";
 
 /// A program in `PATH` or in the sbin directories a user's `PATH` often lacks.
-fn find(tool: &'static str) -> Result<PathBuf, SandboxError> {
+pub fn find(tool: &'static str) -> Result<PathBuf, SandboxError> {
     which::which(tool)
         .ok()
         .or_else(|| {
@@ -80,20 +80,46 @@ impl Tools {
     /// Find nft and slirp4netns, and check that this user may open the TUN
     /// device slirp4netns makes the namespace's interface with.
     pub fn find() -> Result<Tools, SandboxError> {
-        let tun = Path::new("/dev/net/tun");
-        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(tun) {
-            return Err(SandboxError::Failed(format!(
-                "cannot open {} ({e}): the default guest network (--net internet) needs it; most distributions make it \
-                 mode 0666 (as root: chmod 0666 /dev/net/tun, or modprobe tun where it is missing), \
-                 or choose --net restricted or --net user",
-                tun.display()
-            )));
-        }
+        tun_usable()?;
         Ok(Tools {
             nft: find("nft")?,
             slirp4netns: find("slirp4netns")?,
         })
     }
+}
+
+/// May this user open the TUN device slirp4netns makes the namespace's interface with?
+pub fn tun_usable() -> Result<(), SandboxError> {
+    let tun = Path::new("/dev/net/tun");
+    match std::fs::OpenOptions::new().read(true).write(true).open(tun) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(SandboxError::Failed(format!(
+            "cannot open {} ({e}): the default guest network (--net internet) needs it; most distributions make it \
+             mode 0666 (as root: chmod 0666 /dev/net/tun, or modprobe tun where it is missing), \
+             or choose --net restricted or --net user",
+            tun.display()
+        ))),
+    }
+}
+
+/// May this user make the VM's private user and network namespace (as a VM
+/// process enters it: maps, loopback, capabilities dropped)? Runs `true` in one.
+pub fn userns_usable() -> Result<(), SandboxError> {
+    let mut cmd = hosttool::command("true");
+    Entry::new().apply(&mut cmd);
+    match hosttool::output(&mut cmd) {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(userns_refused(&format!("exit status {}", o.status))),
+        Err(e) => Err(userns_refused(&e.to_string())),
+    }
+}
+
+fn userns_refused(why: &str) -> SandboxError {
+    SandboxError::Failed(format!(
+        "cannot make a private network namespace for the guest ({why}): this host refuses unprivileged user namespaces \
+         (Debian: sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04: sysctl kernel.apparmor_restrict_unprivileged_userns=0 \
+         or an AppArmor profile for qemu-system-x86_64), or choose --net restricted or --net user"
+    ))
 }
 
 /// The uid and gid maps of the namespace, made before the fork: the child of a
@@ -415,13 +441,7 @@ pub async fn probe(tools: &Tools, rules: &str) -> Result<(), SandboxError> {
     let mut cmd = hosttool::command("sleep");
     cmd.arg("30").stdout(Stdio::null()).stderr(Stdio::null());
     Entry::new().apply(&mut cmd);
-    let mut child = hosttool::spawn_async(cmd).map_err(|e| {
-        SandboxError::Failed(format!(
-            "cannot make a private network namespace for the guest ({e}): this host refuses unprivileged user namespaces \
-             (Debian: sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04: sysctl kernel.apparmor_restrict_unprivileged_userns=0 \
-             or an AppArmor profile for qemu-system-x86_64), or choose --net restricted or --net user"
-        ))
-    })?;
+    let mut child = hosttool::spawn_async(cmd).map_err(|e| userns_refused(&e.to_string()))?;
     let pid = child.id().unwrap_or(0);
     let tools = tools.clone();
     let rules = rules.to_string();

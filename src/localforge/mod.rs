@@ -173,6 +173,32 @@ pub struct Request {
     pub status: u16,
 }
 
+/// What a PAT is, as GitHub tells them apart: a classic one answers with its
+/// scopes in `X-OAuth-Scopes`; a fine-grained one has permissions instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatKind {
+    /// A classic PAT with these scopes (`repo`, `admin:org`, `manage_runners:enterprise`, …).
+    Classic(Vec<String>),
+    /// A fine-grained PAT; `runners`: it holds the runner permission of every scope
+    /// (`administration` on repositories, `organization_self_hosted_runners` on organisations).
+    FineGrained {
+        /// May it manage self-hosted runners?
+        runners: bool,
+    },
+}
+
+impl PatKind {
+    /// What the PATs given to [`LocalForge::start`] are: classic, with every runner scope.
+    pub fn all_scopes() -> PatKind {
+        PatKind::Classic(
+            ["admin:org", "manage_runners:enterprise", "repo"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        )
+    }
+}
+
 /// A GitHub App the forge knows: its public key and one installation.
 #[derive(Debug, Clone)]
 pub(crate) struct App {
@@ -193,6 +219,10 @@ pub(crate) struct State {
     pub(crate) down_until: Option<Instant>,
     pub(crate) requests: Vec<Request>,
     pub(crate) pats: HashSet<String>,
+    /// What each PAT is (absent: [`PatKind::all_scopes`]).
+    pub(crate) pat_kinds: HashMap<String, PatKind>,
+    /// Seconds added to the forge's clock in its `Date` header (tests of clock skew).
+    pub(crate) clock_skew: i64,
     pub(crate) next_id: u64,
     pub(crate) runners: BTreeMap<u64, Runner>,
     pub(crate) jobs: BTreeMap<u64, Job>,
@@ -394,6 +424,30 @@ impl LocalForge {
                 owner: owner.into(),
             },
         );
+    }
+
+    /// Accept `pat` as a classic PAT with these scopes (`X-OAuth-Scopes`): without
+    /// the one a scope needs (`repo`, `admin:org`, `manage_runners:enterprise`) its
+    /// runner requests are refused with 403, as GitHub does.
+    pub fn add_classic_pat(&self, pat: &str, scopes: &[&str]) {
+        let mut s = self.lock();
+        s.pats.insert(pat.into());
+        let scopes = scopes.iter().map(|x| x.to_string()).collect();
+        s.pat_kinds.insert(pat.into(), PatKind::Classic(scopes));
+    }
+
+    /// Accept `pat` as a fine-grained PAT (no `X-OAuth-Scopes`); without `runners`
+    /// its runner requests get 403 with `X-Accepted-GitHub-Permissions`.
+    pub fn add_fine_grained_pat(&self, pat: &str, runners: bool) {
+        let mut s = self.lock();
+        s.pats.insert(pat.into());
+        s.pat_kinds
+            .insert(pat.into(), PatKind::FineGrained { runners });
+    }
+
+    /// Put the forge's clock, as its `Date` header tells it, `seconds` ahead (or behind).
+    pub fn set_clock_skew(&self, seconds: i64) {
+        self.lock().clock_skew = seconds;
     }
 
     /// Make installation tokens expire after `ttl` (GitHub: one hour).

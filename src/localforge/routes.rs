@@ -12,12 +12,96 @@ use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{FaultKind, JobStatus, Runner, Scope, State};
+use super::{FaultKind, JobStatus, PatKind, Runner, Scope, State};
 
 type Shared = Arc<Mutex<State>>;
 
 pub(super) fn router(state: Shared) -> Router {
-    Router::new().fallback(handle).with_state(state)
+    Router::new()
+        .fallback(handle)
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            with_date,
+        ))
+        .with_state(state)
+}
+
+/// GitHub dates every answer (`Date`, HTTP-date); the forge's clock may be skewed
+/// on purpose ([`super::LocalForge::set_clock_skew`]).
+async fn with_date(AxState(state): AxState<Shared>, mut resp: Response) -> Response {
+    let skew = state.lock().unwrap_or_else(|e| e.into_inner()).clock_skew;
+    let now = chrono::Utc::now() + chrono::Duration::seconds(skew);
+    let date = now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(v) = date.parse() {
+        resp.headers_mut().insert(header::DATE, v);
+    }
+    resp
+}
+
+/// The scope a runner route is under (`repos/O/R/…`, `orgs/O/…`, `enterprises/E/…`).
+fn route_scope(segs: &[&str]) -> Option<&'static str> {
+    match segs {
+        ["repos", _, _, "actions", ..] => Some("repo"),
+        ["orgs", _, "actions", ..] => Some("org"),
+        ["enterprises", _, "actions", ..] => Some("enterprise"),
+        _ => None,
+    }
+}
+
+/// GitHub's refusal of a PAT that may not manage runners at the route's scope: a
+/// classic one without the scope (403, `X-Accepted-OAuth-Scopes`), a fine-grained
+/// one without the permission (403, `X-Accepted-GitHub-Permissions`).
+fn pat_refusal(kind: &PatKind, segs: &[&str], method: &Method) -> Option<Response> {
+    let scope = route_scope(segs)?;
+    match kind {
+        PatKind::Classic(scopes) => {
+            let (needed, message) = match scope {
+                "repo" => (&["repo"][..], "Must have admin rights to Repository."),
+                "org" => (
+                    &["admin:org"][..],
+                    "You must be an org admin or have the manage_runners:org scope.",
+                ),
+                _ => (
+                    &["manage_runners:enterprise", "admin:enterprise"][..],
+                    "Must have admin access to the enterprise.",
+                ),
+            };
+            if needed.iter().any(|n| scopes.iter().any(|s| s == n)) {
+                return None;
+            }
+            let mut r = error(StatusCode::FORBIDDEN, message);
+            if let Ok(v) = needed.join(", ").parse() {
+                r.headers_mut().insert("x-accepted-oauth-scopes", v);
+            }
+            Some(r)
+        }
+        PatKind::FineGrained { runners: true } => None,
+        PatKind::FineGrained { runners: false } => {
+            let name = match scope {
+                "repo" => "administration",
+                "org" => "organization_self_hosted_runners",
+                _ => {
+                    return Some(error(
+                        StatusCode::FORBIDDEN,
+                        "Resource not accessible by personal access token",
+                    ))
+                }
+            };
+            let level = if method == Method::GET {
+                "read"
+            } else {
+                "write"
+            };
+            let mut r = error(
+                StatusCode::FORBIDDEN,
+                "Resource not accessible by personal access token",
+            );
+            if let Ok(v) = format!("{name}={level}").parse() {
+                r.headers_mut().insert("x-accepted-github-permissions", v);
+            }
+            Some(r)
+        }
+    }
 }
 
 const DOCS: &str = "https://docs.github.com/rest/actions/self-hosted-runners";
@@ -251,6 +335,16 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
         return error(StatusCode::UNAUTHORIZED, "Bad credentials");
     }
 
+    let pat_kind = cred.as_ref().filter(|c| st.pats.contains(*c)).map(|c| {
+        st.pat_kinds
+            .get(c)
+            .cloned()
+            .unwrap_or_else(PatKind::all_scopes)
+    });
+    let refusal = pat_kind
+        .as_ref()
+        .and_then(|k| pat_refusal(k, &segs, &parts.method));
+
     // Injected faults (tests): the first matching one with uses left.
     let full = parts
         .uri
@@ -261,7 +355,8 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
         .faults
         .iter_mut()
         .find(|f| {
-            f.times > 0
+            refusal.is_none()
+                && f.times > 0
                 && !matches!(f.kind, FaultKind::Delay(_))
                 && f.method == parts.method.as_str()
                 && full.contains(&f.path_contains)
@@ -270,41 +365,44 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
             f.times -= 1;
             f.kind.clone()
         });
-    let resp = match fault {
-        Some(FaultKind::Status {
-            status,
-            retry_after,
-            reset_in,
-            permissions,
-        }) => {
-            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let msg = match status {
+    let mut resp = match (refusal, fault) {
+        (Some(r), _) => r,
+        (None, fault) => match fault {
+            Some(FaultKind::Status {
+                status,
+                retry_after,
+                reset_in,
+                permissions,
+            }) => {
+                let code =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let msg = match status {
                 429 | 403 if retry_after.is_some() || reset_in.is_some() => "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
                 403 => "Resource not accessible by personal access token",
                 _ => "Server Error",
             };
-            let mut r = error(code, msg);
-            let h = r.headers_mut();
-            if let Some(s) = retry_after {
-                h.insert("retry-after", s.into());
+                let mut r = error(code, msg);
+                let h = r.headers_mut();
+                if let Some(s) = retry_after {
+                    h.insert("retry-after", s.into());
+                }
+                if let Some(s) = reset_in {
+                    let reset = chrono::Utc::now().timestamp() as u64 + s;
+                    h.insert("x-ratelimit-remaining", 0.into());
+                    h.insert("x-ratelimit-reset", reset.into());
+                }
+                if let Some(p) = permissions.and_then(|p| p.parse().ok()) {
+                    h.insert("x-accepted-github-permissions", p);
+                }
+                r
             }
-            if let Some(s) = reset_in {
-                let reset = chrono::Utc::now().timestamp() as u64 + s;
-                h.insert("x-ratelimit-remaining", 0.into());
-                h.insert("x-ratelimit-reset", reset.into());
+            Some(FaultKind::CreatedThen500) => {
+                let _ = route(&mut st, &parts, &segs, &q, &path, &body);
+                error(StatusCode::INTERNAL_SERVER_ERROR, "Server Error")
             }
-            if let Some(p) = permissions.and_then(|p| p.parse().ok()) {
-                h.insert("x-accepted-github-permissions", p);
-            }
-            r
-        }
-        Some(FaultKind::CreatedThen500) => {
-            let _ = route(&mut st, &parts, &segs, &q, &path, &body);
-            error(StatusCode::INTERNAL_SERVER_ERROR, "Server Error")
-        }
-        Some(FaultKind::Delay(_)) | None => route(&mut st, &parts, &segs, &q, &path, &body),
+            Some(FaultKind::Delay(_)) | None => route(&mut st, &parts, &segs, &q, &path, &body),
+        },
     };
-    let mut resp = resp;
     // As GitHub: every API answer says how much of the hour's budget is left.
     let api = ["/repos/", "/orgs/", "/enterprises/"]
         .iter()
@@ -314,6 +412,12 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
         let h = resp.headers_mut();
         h.insert("x-ratelimit-limit", 5000.into());
         h.insert("x-ratelimit-remaining", left.into());
+    }
+    // A classic PAT's scopes come with every answer to it.
+    if let Some(PatKind::Classic(scopes)) = &pat_kind {
+        if let Ok(v) = scopes.join(", ").parse() {
+            resp.headers_mut().insert("x-oauth-scopes", v);
+        }
     }
     st.requests.push(super::Request {
         at: std::time::Instant::now(),

@@ -12,9 +12,9 @@ pub mod fleet;
 pub mod image;
 mod launch;
 mod lock;
+pub mod logs;
 pub mod metrics;
 mod notify;
-pub mod logs;
 mod reconcile;
 mod shutdown;
 mod supervise;
@@ -93,6 +93,8 @@ pub enum Subcommand {
         /// Wait until it has ended.
         wait: bool,
     },
+    /// `doctor`.
+    Doctor(Box<crate::doctor::DoctorConfig>),
 }
 
 /// Orchestrator failures.
@@ -133,6 +135,9 @@ pub enum OrchestratorError {
     /// `logs` found nothing to show, or could not show it.
     #[error(transparent)]
     Logs(#[from] logs::LogsError),
+    /// `doctor` found a required check failing, or could not report.
+    #[error(transparent)]
+    Doctor(#[from] crate::doctor::DoctorError),
 }
 
 impl OrchestratorError {
@@ -174,6 +179,7 @@ pub fn subcommand(command: Subcommand, n: u32) -> Result<(), OrchestratorError> 
             Ok(())
         }
         Subcommand::Logs(req) => Ok(logs::run(&req)?),
+        Subcommand::Doctor(cfg) => Ok(crate::doctor::run(*cfg)?),
     }
 }
 

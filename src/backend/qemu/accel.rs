@@ -36,54 +36,17 @@ impl Qemu {
             return false;
         }
         let key = format!("{}|{}", self.binary.display(), kernel.display());
-        let cache = crate::types::paths::cache_dir().join("kvm-probe");
+        let cache = kvm_cache();
         if let Some(v) = cached(&cache, &key) {
             return v == "kvm";
         }
-        let mut cmd = hosttool::command(&self.binary);
-        cmd.args([
-            "-M",
-            "microvm,x-option-roms=off,isa-serial=on,rtc=on",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "256",
-        ]);
-        cmd.args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ]);
-        cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
-        cmd.args([
-            "-append",
-            &format!("console=ttyS0 panic=-1 {}", probe_words()),
-            "-device",
-            exit::DEBUG_EXIT_DEVICE,
-        ]);
-        let ok = match tokio::time::timeout(Duration::from_secs(20), hosttool::output_async(cmd))
-            .await
+        let ok = match probe_boot(&self.binary, kernel, initrd, true, Duration::from_secs(20)).await
         {
-            Ok(Ok(out)) if QemuExit::decode(out.status.code()) == QemuExit::Guest(exit::ENDED) => {
-                true
-            }
-            Ok(Ok(out)) => {
-                tracing::debug!(
-                    "the KVM probe guest ended with {}: {}",
-                    out.status,
-                    hosttool::stderr_tail(&out.stderr, 400)
-                );
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!("the KVM probe guest did not boot: {e}");
                 false
             }
-            Ok(Err(e)) => {
-                tracing::debug!("cannot run the KVM probe: {e}");
-                false
-            }
-            Err(_) => false,
         };
         if !ok {
             tracing::warn!("a KVM guest did not boot on this host (nested or restricted KVM?): using TCG (software emulation, much slower)");
@@ -91,6 +54,88 @@ impl Qemu {
         remember(&cache, &key, if ok { "kvm" } else { "tcg" });
         ok
     }
+}
+
+/// Boot `kernel` and `initrd` with `ghrm.probe=1` under KVM (`kvm`) or TCG, as the
+/// VMs would be: Ok(how long it took) when the guest's init ran and ended the VM
+/// with its status within `within`, else why not (bounded text).
+pub async fn probe_boot(
+    binary: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    kvm: bool,
+    within: Duration,
+) -> Result<Duration, String> {
+    let mut cmd = hosttool::command(binary);
+    cmd.args(["-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on"]);
+    if kvm {
+        cmd.args(["-accel", "kvm", "-cpu", "host"]);
+    } else {
+        cmd.args(["-accel", "tcg", "-cpu", "max"]);
+    }
+    cmd.args(["-m", "256"]);
+    // The console on standard output: without a `-serial` back end the guest has no
+    // ttyS0, its init no console, and it dies before it can report (exit 0); and
+    // QEMU's own failures exit 1, as a guest reporting 0 does, so the entrypoint's
+    // mark on the console is what proves the boot.
+    cmd.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ]);
+    cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
+    let mut append = format!("console=ttyS0 panic=-1 {}", probe_words());
+    if !kvm {
+        // As the VMs' own command line (cmdline.rs): TCG's PIT calibration fails on a busy host.
+        if let Some(khz) = host_tsc_khz() {
+            append.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    cmd.args(["-append", &append, "-device", exit::DEBUG_EXIT_DEVICE]);
+    let t0 = std::time::Instant::now();
+    match tokio::time::timeout(within, hosttool::output_async(cmd)).await {
+        Ok(Ok(out))
+            if QemuExit::decode(out.status.code()) == QemuExit::Guest(exit::ENDED)
+                && protocol::console::shows_entrypoint(&out.stdout) =>
+        {
+            Ok(t0.elapsed())
+        }
+        Ok(Ok(out)) => {
+            let said = hosttool::stderr_tail(&out.stderr, 400);
+            let said = said.split_whitespace().collect::<Vec<_>>().join(" ");
+            let how = if protocol::console::shows_entrypoint(&out.stdout) {
+                "the guest's init ran but did not report its status"
+            } else {
+                "the guest never reached its init"
+            };
+            Err(format!(
+                "{how} (QEMU ended with {}){}{said}",
+                out.status,
+                if said.is_empty() { "" } else { ": " }
+            ))
+        }
+        Ok(Err(e)) => Err(format!("cannot run {}: {e}", binary.display())),
+        Err(_) => Err(format!(
+            "the probe guest did not reach its init within {} s",
+            within.as_secs()
+        )),
+    }
+}
+
+/// What the loops remember of the KVM probe for this QEMU and kernel (`Some(true)`:
+/// KVM), in the user's cache; they probe only when nothing is remembered.
+pub fn kvm_remembered(binary: &Path, kernel: &Path) -> Option<bool> {
+    let key = format!("{}|{}", binary.display(), kernel.display());
+    cached(&kvm_cache(), &key).map(|v| v == "kvm")
+}
+
+/// Where the KVM probe's answers are remembered.
+pub fn kvm_cache() -> std::path::PathBuf {
+    crate::types::paths::cache_dir().join("kvm-probe")
 }
 
 /// `ghrm.probe=1`: the guest powers off as soon as its init runs.

@@ -18,10 +18,10 @@ mod scratch;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use accel::Accel;
+pub use accel::{kvm_cache, kvm_remembered, probe_boot, Accel};
 use net::VmNet;
 pub use net::{net_connect, Forward, NetMode};
-use scratch::scratch_root;
+pub use scratch::scratch_root;
 
 use protocol::exit::{self, QemuExit};
 
@@ -94,13 +94,48 @@ pub fn state_root() -> PathBuf {
     std::env::temp_dir().join(format!("gh-runner-microvm-qemu.{uid}"))
 }
 
+/// How to install QEMU.
+pub const QEMU_HINT: &str =
+    "install QEMU (Debian/Ubuntu: apt-get install qemu-system-x86; Fedora: dnf install qemu-system-x86-core)";
+
+/// QEMU's executable on `PATH`.
+pub fn qemu_binary() -> Result<PathBuf, BackendError> {
+    which::which("qemu-system-x86_64").map_err(|_| BackendError::Missing {
+        tool: "qemu-system-x86_64",
+        hint: QEMU_HINT,
+    })
+}
+
+/// A bundle's kernel (or `kernel_override`, `--kernel`), initramfs and (for
+/// `--oci` bundles) root disk, from its `bundle.json`; a root disk that is gone is
+/// an error. Whether the kernel and initramfs exist is not checked here.
+pub fn bundle_files(
+    image: &Path,
+    kernel_override: Option<&Path>,
+) -> Result<(PathBuf, PathBuf, Option<crate::image::oci::RootDisk>), BackendError> {
+    let info = BundleInfo::load(image).map_err(|e| BackendError::Bundle(image.into(), e))?;
+    let kernel = kernel_override
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| image.join(&info.kernel));
+    if let Some(r) = &info.root {
+        if !r.disk.is_file() {
+            return Err(BackendError::Image(
+                image.into(),
+                format!(
+                    "its root disk {} is gone (pruned?); make the bundle again with `orchestrator image bundle --oci {}`",
+                    r.disk.display(),
+                    r.image
+                ),
+            ));
+        }
+    }
+    Ok((kernel, image.join(&info.initrd), info.root))
+}
+
 impl Qemu {
     /// Check that QEMU is installed.
     pub fn new(cfg: QemuConfig) -> Result<Qemu, BackendError> {
-        let binary = which::which("qemu-system-x86_64").map_err(|_| BackendError::Missing {
-            tool: "qemu-system-x86_64",
-            hint: "install QEMU (Debian/Ubuntu: apt-get install qemu-system-x86; Fedora: dnf install qemu-system-x86-core)",
-        })?;
+        let binary = qemu_binary()?;
         let helper =
             std::env::current_exe().map_err(|e| BackendError::Spawn("current_exe".into(), e))?;
         let state = state_root();
@@ -134,25 +169,7 @@ impl Qemu {
         &self,
         image: &Path,
     ) -> Result<(PathBuf, PathBuf, Option<crate::image::oci::RootDisk>), BackendError> {
-        let info = BundleInfo::load(image).map_err(|e| BackendError::Bundle(image.into(), e))?;
-        let kernel = self
-            .cfg
-            .kernel
-            .clone()
-            .unwrap_or_else(|| image.join(&info.kernel));
-        if let Some(r) = &info.root {
-            if !r.disk.is_file() {
-                return Err(BackendError::Image(
-                    image.into(),
-                    format!(
-                        "its root disk {} is gone (pruned?); make the bundle again with `orchestrator image bundle --oci {}`",
-                        r.disk.display(),
-                        r.image
-                    ),
-                ));
-            }
-        }
-        Ok((kernel, image.join(&info.initrd), info.root))
+        bundle_files(image, self.cfg.kernel.as_deref())
     }
 
     /// Check the bundle and settle `--accel auto` (probing KVM with a real boot).
