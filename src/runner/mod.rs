@@ -162,17 +162,10 @@ impl Loop {
         let backend = Backend::detect(cfg.runtime, &cfg.qemu)?;
         check_isolation(&cfg, backend.runtime(), isolation)?;
         let forge = Forge::new(cfg.endpoints.clone(), cfg.scope, &cfg.principal, &cfg.auth).await?;
-        let mut down = Outage::default();
-        let group_id = loop {
-            match forge.resolve_group(&cfg.group).await {
-                Err(e) if e.is_transient() => {
-                    if !down.wait(&e, &mut stop.clone()).await {
-                        return Err(RunnerError::Stopped);
-                    }
-                }
-                r => break r?,
-            }
-        };
+        // GitHub not answering at the very start is more likely a wrong -g than an
+        // outage: the loop fails (and is restarted, then given up); once it has
+        // spoken to GitHub, it waits out outages itself (`run`).
+        let group_id = forge.resolve_group(&cfg.group).await?;
         let (dir, own) = match (&cfg.environment, isolation) {
             (_, false) => (None, None),
             (Some(d), true) => {
