@@ -560,12 +560,15 @@ fn a_forge_outage_longer_than_the_retries_is_ridden_out() {
             .iter()
             .any(|j| j.id == first && j.status == JobStatus::Completed)
     });
-    // The next runner is up (or coming): GitHub goes away under it for 60 s.
+    // The next runner is up (or coming): GitHub goes away under it for 60 s. It
+    // may still take the second job (the runners' own protocol is not down); the
+    // third needs a runner minted during the outage.
     w.forge.outage(Duration::from_secs(60));
-    let second = w.forge.queue_job(REPO, &[], "echo two");
+    w.forge.queue_job(REPO, &[], "echo two");
+    let third = w.forge.queue_job(REPO, &[], "echo three");
     let mut saw_backing_off = false;
     w.wait_for(
-        "the second job after the outage",
+        "the third job after the outage",
         Duration::from_secs(180),
         &p,
         || {
@@ -579,7 +582,7 @@ fn a_forge_outage_longer_than_the_retries_is_ridden_out() {
             w.forge
                 .jobs()
                 .iter()
-                .any(|j| j.id == second && j.status == JobStatus::Completed)
+                .any(|j| j.id == third && j.status == JobStatus::Completed)
         },
     );
     p.signal(nix::sys::signal::Signal::SIGTERM);
@@ -611,7 +614,7 @@ fn a_forge_outage_longer_than_the_retries_is_ridden_out() {
         .iter()
         .filter(|r| r.method == "POST" && r.path.contains("generate-jitconfig") && r.status == 201)
         .count();
-    assert!(minted <= 4, "{minted} runners minted for 2 jobs\n{log}");
+    assert!(minted <= 5, "{minted} runners minted for 3 jobs\n{log}");
     assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
     assert!(w.env_roots().is_empty() && w.vms().is_empty(), "{log}");
 }
