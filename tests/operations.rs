@@ -114,6 +114,7 @@ fn status_follows_the_loops_and_drain_ends_them() {
     assert_eq!(st["draining"], false);
     let ls = loops(&st);
     let busy_vm = in_state(&ls, "busy")[0]["vm"].as_str().unwrap().to_string();
+    assert_eq!(in_state(&ls, "busy")[0]["runner"], busy_vm.as_str());
     let idle_vm = in_state(&ls, "idle")[0]["vm"].as_str().unwrap().to_string();
     let j = w.forge.jobs().into_iter().find(|j| j.id == job).unwrap();
     assert_eq!(j.runner_name.as_deref(), Some(busy_vm.as_str()), "{st}");

@@ -87,8 +87,10 @@ pub struct LoopStatus {
     pub state: State,
     /// Since when (seconds since the Unix epoch).
     pub since: u64,
-    /// Its current (or last) VM; the runner has the same name.
+    /// Its current (or last) VM.
     pub vm: Option<String>,
+    /// That VM's runner at GitHub (the same name).
+    pub runner: Option<String>,
     /// VMs this loop ran to their end.
     pub iterations: u64,
     /// Of those, the ones whose runner came up and ran (jobs).
@@ -178,6 +180,7 @@ impl Fleet {
                     state: State::Waiting,
                     since: t,
                     vm: None,
+                    runner: None,
                     iterations: 0,
                     jobs: 0,
                     failures_in_row: 0,
@@ -296,6 +299,7 @@ impl Fleet {
                     self.metrics.turnaround.observe(ms as f64 / 1000.0);
                 }
                 if let Some(l) = self.slot(index) {
+                    l.runner = Some(vm.clone());
                     l.vm = Some(vm);
                 }
                 Some(State::Booting)
