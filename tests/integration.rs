@@ -13,3 +13,4 @@ mod lifecycle;
 mod loop_e2e;
 mod operations;
 mod qemu;
+mod users;
