@@ -241,7 +241,10 @@ pub(crate) fn decode_page<T: serde::de::DeserializeOwned>(
     }
     let decode = |e: serde_json::Error| ForgeError::Decode(what, e.to_string());
     let mut p: Page = serde_json::from_slice(body).map_err(decode)?;
-    let items = p.rest.remove(key).unwrap_or_default();
+    let items = p
+        .rest
+        .remove(key)
+        .unwrap_or_else(|| serde_json::Value::Array(vec![]));
     Ok((
         p.total_count,
         serde_json::from_value(items).map_err(decode)?,
@@ -295,6 +298,8 @@ mod tests {
             let (t, got) = decode_page::<G>("list", body.as_bytes(), "runner_groups").unwrap();
             prop_assert_eq!(t, total);
             prop_assert_eq!(got, items.iter().map(|(id, name)| G { id: *id, name: name.clone() }).collect::<Vec<_>>());
+            let absent = decode_page::<G>("list", body.as_bytes(), "runners").unwrap();
+            prop_assert!(absent.1.is_empty());
             let cut = cut.index(body.len());
             prop_assert!(matches!(decode_page::<G>("list", &body.as_bytes()[..cut], "runner_groups"), Err(ForgeError::Decode("list", _))));
             for (bad, fine) in [
