@@ -2,8 +2,9 @@
 //! Format and validation only: reading it off hostile ground is [`crate::safefs`]'s job.
 //!
 //! dotenv format, one `KEY='value'` per line. Single quotes mean no escapes and
-//! no `$` expansion, so a value may not contain `'`, a newline or NUL; the host
-//! refuses such values when it writes the file. The keys are internal to the
+//! no `$` expansion, so a value may not contain `'`, a newline or NUL, nor end with
+//! a backslash (which would escape the closing quote); the host refuses such values
+//! when it writes the file. The keys are internal to the
 //! project (design.md §3); only the file name and its semantics are the contract.
 
 use std::collections::HashMap;
@@ -86,7 +87,7 @@ impl std::fmt::Debug for GuestConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum EnvFileError {
     /// A value that the format cannot carry.
-    #[error("value of {0} contains a quote, newline or NUL, which a .env cannot carry")]
+    #[error("value of {0} contains a quote, newline or NUL, or ends with a backslash, which a .env cannot carry")]
     BadValue(&'static str),
     /// A required key is absent.
     #[error("the .env has no {0}")]
@@ -117,7 +118,9 @@ const VERBOSE: &str = "GHRM_VERBOSE";
 const DNS: &str = "GHRM_DNS";
 
 fn line(out: &mut String, key: &'static str, value: &str) -> Result<(), EnvFileError> {
-    if value.contains(['\'', '\n', '\r', '\0']) {
+    // Inside single quotes dotenvy takes a backslash before the closing quote for
+    // an escape: the value would run on into the next line.
+    if value.contains(['\'', '\n', '\r', '\0']) || value.ends_with('\\') {
         return Err(EnvFileError::BadValue(key));
     }
     out.push_str(key);
@@ -354,7 +357,7 @@ mod tests {
             fn writes_what_reads_back_or_refuses(c in config()) {
                 let unquotable = values(&c)
                     .iter()
-                    .any(|v| v.contains(['\'', '\n', '\r', '\0']));
+                    .any(|v| v.contains(['\'', '\n', '\r', '\0']) || v.ends_with('\\'));
                 match c.to_dotenv() {
                     Err(EnvFileError::BadValue(_)) => prop_assert!(unquotable),
                     Err(EnvFileError::TooLarge(n)) => {
