@@ -16,3 +16,4 @@ mod loop_e2e;
 mod operations;
 mod qemu;
 mod systemd;
+mod users;

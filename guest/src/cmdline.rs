@@ -93,6 +93,11 @@ pub enum CmdlineError {
     /// A `ghrm.mount=` value that is not `TAG:PATH` (the tag may not hold `:`).
     #[error("bad ghrm.mount={0}")]
     BadMount(String),
+    /// An argument for the guest's init (after [`END`]) that is not one word of
+    /// printable ASCII without quotes or backslashes. Its value is not shown: it
+    /// may carry the guest's configuration (the JIT config, the secret).
+    #[error("argument {0} for the guest's init is not one word of printable ASCII without quotes or backslashes (it travels on the kernel command line; run with isolation, -I)")]
+    UnsafeArg(usize),
 }
 
 /// A 9p share to mount: `ghrm.mount=TAG:PATH`.
@@ -151,6 +156,34 @@ pub fn cmdline_keys(cmdline: &str) -> Vec<(String, String)> {
         .filter_map(|w| w.strip_prefix(PREFIX)?.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// A whole kernel command line: `head` (the host's own words, such as
+/// `console=ttyS0`), the `ghrm.*` words of `ghrm`, [`END`], then `init_args`, each
+/// of which must be one safe word ([`safe_value`]) so that the kernel hands the
+/// guest's init exactly these arguments.
+pub fn kernel_line(
+    head: &str,
+    ghrm: &Cmdline,
+    init_args: &[String],
+) -> Result<String, CmdlineError> {
+    let mut line = head.to_string();
+    for w in [ghrm.render()?, END.to_string()] {
+        if !w.is_empty() {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&w);
+        }
+    }
+    for (i, arg) in init_args.iter().enumerate() {
+        if !safe_value(arg) {
+            return Err(CmdlineError::UnsafeArg(i + 1));
+        }
+        line.push(' ');
+        line.push_str(arg);
+    }
+    Ok(line)
 }
 
 impl Share {
@@ -382,5 +415,130 @@ mod tests {
             assert_eq!(k.to_string(), format!("ghrm.{}", k.name()));
         }
         assert_eq!(Key::from_name("nope"), None);
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// The kernel's own split of a command line (lib/cmdline.c `next_arg`): words
+        /// end at its white space (which includes Latin-1 NBSP, 0xa0) outside double
+        /// quotes; a quote opening or closing a word is dropped.
+        fn kernel_words(line: &str) -> Vec<Vec<u8>> {
+            let space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0xa0);
+            let b = line.as_bytes();
+            let (mut words, mut i) = (vec![], 0);
+            loop {
+                while i < b.len() && space(b[i]) {
+                    i += 1;
+                }
+                if i == b.len() {
+                    return words;
+                }
+                let mut quoted = false;
+                if b[i] == b'"' {
+                    quoted = true;
+                    i += 1;
+                }
+                let (start, mut in_quote) = (i, quoted);
+                while i < b.len() && (in_quote || !space(b[i])) {
+                    if b[i] == b'"' {
+                        in_quote = !in_quote;
+                    }
+                    i += 1;
+                }
+                let mut w = b[start..i].to_vec();
+                if w.last() == Some(&b'"') {
+                    w.pop();
+                }
+                words.push(w);
+            }
+        }
+
+        /// Values that are usually fine, often hostile.
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => "[A-Za-z0-9/._:=,+-]{1,12}",
+                1 => any::<String>(),
+                1 => proptest::collection::vec(
+                    prop_oneof![
+                        Just(' '), Just('"'), Just('\''), Just('\\'), Just('\t'), Just('\n'),
+                        Just('\u{a0}'), Just('\u{e0}'), Just('='), Just('-'), Just(':'),
+                        proptest::char::range('a', 'z'),
+                    ],
+                    0..8,
+                )
+                .prop_map(|v| v.into_iter().collect()),
+            ]
+        }
+
+        fn cmdline() -> impl Strategy<Value = Cmdline> {
+            (
+                (any::<bool>(), any::<bool>(), proptest::option::of(value())),
+                proptest::collection::vec((value(), value()), 0..3),
+                (
+                    proptest::option::of(value()),
+                    proptest::option::of(value()),
+                    proptest::option::of(value()),
+                ),
+            )
+                .prop_map(|((probe, net, dns), mounts, (root, init, exec))| Cmdline {
+                    probe,
+                    net,
+                    dns,
+                    mounts: mounts
+                        .into_iter()
+                        .map(|(tag, path)| Share { tag, path })
+                        .collect(),
+                    root,
+                    init,
+                    exec,
+                })
+        }
+
+        proptest! {
+            /// For any values: a refusal, or a line whose every word the kernel and
+            /// the guest's parser read back as exactly what was put in: the host's
+            /// words, one `ghrm.*` word per set value, `--`, and each init argument.
+            /// No value can end its word, add another, or move `--`.
+            #[test]
+            fn no_value_injects_a_word(
+                c in cmdline(),
+                args in proptest::collection::vec(value(), 0..4),
+            ) {
+                let head = "console=ttyS0 panic=-1";
+                let Ok(line) = kernel_line(head, &c, &args) else {
+                    return Ok(());
+                };
+                let words = kernel_words(&line);
+                let n_ghrm = c.probe as usize + c.net as usize + c.dns.is_some() as usize
+                    + c.mounts.len() + c.root.is_some() as usize + c.init.is_some() as usize
+                    + c.exec.is_some() as usize;
+                let mut expected: Vec<Vec<u8>> =
+                    head.split(' ').map(|w| w.as_bytes().to_vec()).collect();
+                expected.extend(
+                    c.render().unwrap().split(' ').filter(|w| !w.is_empty()).map(|w| w.as_bytes().to_vec()),
+                );
+                expected.push(END.as_bytes().to_vec());
+                expected.extend(args.iter().map(|a| a.as_bytes().to_vec()));
+                prop_assert_eq!(&words, &expected, "{}", line);
+                prop_assert_eq!(words.len(), 2 + n_ghrm + 1 + args.len(), "{}", line);
+                prop_assert_eq!(cmdline_keys(&line).len(), n_ghrm, "{}", line);
+                prop_assert_eq!(Cmdline::parse(&line).unwrap(), c, "{}", line);
+            }
+
+            /// What is refused is refused for a reason: an unsafe value or a tag with `:`.
+            #[test]
+            fn refusals_name_a_real_fault(c in cmdline(), args in proptest::collection::vec(value(), 0..4)) {
+                match kernel_line("console=ttyS0", &c, &args) {
+                    Ok(_) => {}
+                    Err(CmdlineError::Unsafe { value, .. }) => prop_assert!(!safe_value(&value)),
+                    Err(CmdlineError::BadMount(_)) => {
+                        prop_assert!(c.mounts.iter().any(|m| m.tag.contains(':')))
+                    }
+                    Err(CmdlineError::UnsafeArg(i)) => prop_assert!(!safe_value(&args[i - 1])),
+                }
+            }
+        }
     }
 }

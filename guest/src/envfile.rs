@@ -2,8 +2,9 @@
 //! Format and validation only: reading it off hostile ground is [`crate::safefs`]'s job.
 //!
 //! dotenv format, one `KEY='value'` per line. Single quotes mean no escapes and
-//! no `$` expansion, so a value may not contain `'`, a newline or NUL; the host
-//! refuses such values when it writes the file. The keys are internal to the
+//! no `$` expansion, so a value may not contain `'`, a newline or NUL, nor end with
+//! a backslash (which would escape the closing quote); the host refuses such values
+//! when it writes the file. The keys are internal to the
 //! project (design.md §3); only the file name and its semantics are the contract.
 
 use std::collections::HashMap;
@@ -86,7 +87,7 @@ impl std::fmt::Debug for GuestConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum EnvFileError {
     /// A value that the format cannot carry.
-    #[error("value of {0} contains a quote, newline or NUL, which a .env cannot carry")]
+    #[error("value of {0} contains a quote, newline or NUL, or ends with a backslash, which a .env cannot carry")]
     BadValue(&'static str),
     /// A required key is absent.
     #[error("the .env has no {0}")]
@@ -97,6 +98,9 @@ pub enum EnvFileError {
     /// Not parseable as dotenv.
     #[error("the .env is not in dotenv format")]
     Parse(#[source] dotenvy::Error),
+    /// Larger than the guest reads ([`crate::MAX_ENV_FILE`]).
+    #[error("the .env would be {0} bytes; the guest reads at most {max}", max = crate::MAX_ENV_FILE)]
+    TooLarge(u64),
 }
 
 const NAME: &str = "GHRM_NAME";
@@ -114,7 +118,9 @@ const VERBOSE: &str = "GHRM_VERBOSE";
 const DNS: &str = "GHRM_DNS";
 
 fn line(out: &mut String, key: &'static str, value: &str) -> Result<(), EnvFileError> {
-    if value.contains(['\'', '\n', '\r', '\0']) {
+    // Inside single quotes dotenvy takes a backslash before the closing quote for
+    // an escape: the value would run on into the next line.
+    if value.contains(['\'', '\n', '\r', '\0']) || value.ends_with('\\') {
         return Err(EnvFileError::BadValue(key));
     }
     out.push_str(key);
@@ -153,11 +159,18 @@ impl GuestConfig {
         line(&mut s, GRACE, &self.grace.to_string())?;
         line(&mut s, VERBOSE, &self.verbose.to_string())?;
         line(&mut s, DNS, &self.dns)?;
+        // The guest would refuse it (safefs reads at most this much): say so here.
+        if s.len() as u64 > crate::MAX_ENV_FILE {
+            return Err(EnvFileError::TooLarge(s.len() as u64));
+        }
         Ok(s)
     }
 
-    /// Parse dotenv text.
+    /// Parse dotenv text (at most [`crate::MAX_ENV_FILE`] bytes).
     pub fn from_dotenv(text: &[u8]) -> Result<Self, EnvFileError> {
+        if text.len() as u64 > crate::MAX_ENV_FILE {
+            return Err(EnvFileError::TooLarge(text.len() as u64));
+        }
         let mut map = HashMap::new();
         for item in dotenvy::from_read_iter(text) {
             let (k, v) = item.map_err(EnvFileError::Parse)?;
@@ -271,5 +284,138 @@ mod tests {
             !shown.contains("AAAtokenAAA") && shown.contains("acme"),
             "{shown}"
         );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Text that single-quoted dotenv can carry (with what dotenv treats
+        /// specially elsewhere: `"`, `\\`, `$`, `#`, `=`, spaces), often with one
+        /// character it cannot, or anything at all.
+        fn value() -> impl Strategy<Value = String> {
+            let fine = "[a-zA-Z0-9 =#$\"\\\\{}`/+.,:~-]{0,16}";
+            prop_oneof![
+                6 => fine,
+                2 => (fine, prop_oneof![Just('\''), Just('\n'), Just('\r'), Just('\0'), any::<char>()], fine)
+                    .prop_map(|(a, c, b)| format!("{a}{c}{b}")),
+                1 => any::<String>(),
+            ]
+        }
+
+        fn config() -> impl Strategy<Value = GuestConfig> {
+            let registration = prop_oneof![
+                value().prop_map(|config| Registration::Jit { config }),
+                (value(), value(), value(), value()).prop_map(|(url, token, labels, group)| {
+                    Registration::Token {
+                        url,
+                        token,
+                        labels,
+                        group,
+                    }
+                }),
+            ];
+            (
+                (value(), registration, value(), value()),
+                (any::<bool>(), any::<u64>(), any::<u8>(), value()),
+            )
+                .prop_map(
+                    |((name, registration, secret, user), (update, grace, verbose, dns))| {
+                        GuestConfig {
+                            name,
+                            registration,
+                            secret,
+                            user,
+                            update,
+                            grace,
+                            verbose,
+                            dns,
+                        }
+                    },
+                )
+        }
+
+        fn values(c: &GuestConfig) -> Vec<&str> {
+            let mut v = vec![c.name.as_str(), &c.secret, &c.user, &c.dns];
+            match &c.registration {
+                Registration::Jit { config } => v.push(config),
+                Registration::Token {
+                    url,
+                    token,
+                    labels,
+                    group,
+                } => v.extend([url.as_str(), token, labels, group]),
+            }
+            v
+        }
+
+        proptest! {
+            /// Whatever the values: either the writer refuses (a quote, line break or
+            /// NUL, which single-quoted dotenv cannot carry, or a file the guest would
+            /// not read), or the reader gives back exactly what was written.
+            #[test]
+            fn writes_what_reads_back_or_refuses(c in config()) {
+                let unquotable = values(&c)
+                    .iter()
+                    .any(|v| v.contains(['\'', '\n', '\r', '\0']) || v.ends_with('\\'));
+                match c.to_dotenv() {
+                    Err(EnvFileError::BadValue(_)) => prop_assert!(unquotable),
+                    Err(EnvFileError::TooLarge(n)) => {
+                        prop_assert!(!unquotable && n > crate::MAX_ENV_FILE)
+                    }
+                    Err(e) => prop_assert!(false, "unexpected {e}"),
+                    Ok(text) => {
+                        prop_assert!(!unquotable);
+                        prop_assert!(text.len() as u64 <= crate::MAX_ENV_FILE);
+                        let back = GuestConfig::from_dotenv(text.as_bytes());
+                        // An empty secret is refused by the reader, never accepted.
+                        if c.secret.is_empty() {
+                            prop_assert!(matches!(back, Err(EnvFileError::Invalid(SECRET))));
+                        } else {
+                            prop_assert_eq!(back.map_err(|e| TestCaseError::fail(e.to_string()))?, c);
+                        }
+                    }
+                }
+            }
+
+            /// A value may be as long as the bound allows, and no longer.
+            #[test]
+            fn the_size_bound_holds_both_ways(extra in 0usize..200) {
+                let mut c = sample(Registration::Jit { config: String::new() });
+                let room = crate::MAX_ENV_FILE as usize - c.to_dotenv().unwrap().len();
+                c.registration = Registration::Jit { config: "j".repeat(room) };
+                let text = c.to_dotenv().unwrap();
+                prop_assert_eq!(GuestConfig::from_dotenv(text.as_bytes()).unwrap(), c.clone());
+                c.registration = Registration::Jit { config: "j".repeat(room + 1 + extra) };
+                prop_assert!(matches!(c.to_dotenv(), Err(EnvFileError::TooLarge(_))));
+                let mut big = text.into_bytes();
+                big.extend(vec![b'#'; 1 + extra]);
+                prop_assert!(matches!(
+                    GuestConfig::from_dotenv(&big),
+                    Err(EnvFileError::TooLarge(_))
+                ));
+            }
+
+            /// Bytes that are not UTF-8 inside a value are refused, not altered.
+            #[test]
+            fn non_utf8_is_refused(at in 0usize..40, bad in 0x80u8..=0xff) {
+                let text = sample(Registration::Jit { config: "x".repeat(40) })
+                    .to_dotenv()
+                    .unwrap();
+                let start = text.find("GHRM_JITCONFIG='").unwrap() + "GHRM_JITCONFIG='".len();
+                let mut bytes = text.into_bytes();
+                bytes[start + at] = bad;
+                if std::str::from_utf8(&bytes).is_err() {
+                    prop_assert!(GuestConfig::from_dotenv(&bytes).is_err());
+                }
+            }
+
+            /// Whatever a guest (or anyone) puts in the file: an error or a
+            /// configuration, never a panic.
+            #[test]
+            fn any_bytes_parse_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = GuestConfig::from_dotenv(&bytes);
+            }
+        }
     }
 }

@@ -451,4 +451,167 @@ mod tests {
         remove(&d).unwrap();
         remove(&outside).unwrap();
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::time::Duration;
+
+        /// What can stand at a name in a loop directory.
+        #[derive(Debug, Clone)]
+        enum Kind {
+            Missing,
+            Regular(usize),
+            LinkToFile(usize),
+            LinkToDir,
+            Dangling,
+            Fifo,
+            Dir,
+            Socket,
+        }
+
+        /// A kind, with sizes around `max` for the files.
+        fn kind(max: usize) -> impl Strategy<Value = Kind> {
+            let size = prop_oneof![
+                Just(max.saturating_sub(1)),
+                Just(max),
+                Just(max + 1),
+                0..max + 64,
+                Just(0),
+            ];
+            prop_oneof![
+                Just(Kind::Missing),
+                size.clone().prop_map(Kind::Regular),
+                size.prop_map(Kind::LinkToFile),
+                Just(Kind::LinkToDir),
+                Just(Kind::Dangling),
+                Just(Kind::Fifo),
+                Just(Kind::Dir),
+                Just(Kind::Socket),
+            ]
+        }
+
+        fn content(n: usize) -> Vec<u8> {
+            (0..n).map(|i| (i % 251) as u8).collect()
+        }
+
+        /// Put `kind` at `d/name`; the links point at `d/outside-*`. Returns what must
+        /// outlive it (the listening socket).
+        fn plant(d: &Path, name: &str, kind: &Kind) -> Option<std::os::unix::net::UnixListener> {
+            let p = d.join(name);
+            let (file, dir) = (d.join("outside-file"), d.join("outside-dir"));
+            std::fs::write(&file, b"precious").unwrap();
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("keep"), b"keep").unwrap();
+            match kind {
+                Kind::Missing => {}
+                Kind::Regular(n) => std::fs::write(&p, content(*n)).unwrap(),
+                Kind::LinkToFile(n) => {
+                    std::fs::write(&file, content(*n)).unwrap();
+                    symlink(&file, &p).unwrap()
+                }
+                Kind::LinkToDir => symlink(&dir, &p).unwrap(),
+                Kind::Dangling => symlink(d.join("nowhere"), &p).unwrap(),
+                Kind::Fifo => nix::unistd::mkfifo(&p, nix::sys::stat::Mode::S_IRWXU).unwrap(),
+                Kind::Dir => {
+                    std::fs::create_dir(&p).unwrap();
+                    std::fs::write(p.join("inner"), b"x").unwrap();
+                }
+                Kind::Socket => return Some(std::os::unix::net::UnixListener::bind(&p).unwrap()),
+            }
+            None
+        }
+
+        /// `f` on another thread, failing (not hanging) if it blocks; a FIFO it
+        /// might wait on is opened for writing to let it go.
+        fn within<T: Send + 'static>(fifo: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || tx.send(f()).unwrap());
+            match rx.recv_timeout(Duration::from_secs(2)) {
+                Ok(v) => v,
+                Err(_) => {
+                    let _ = OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_NONBLOCK)
+                        .open(fifo);
+                    panic!("blocked on {}", fifo.display());
+                }
+            }
+        }
+
+        fn outside_intact(d: &Path, kind: &Kind) -> bool {
+            let file_ok = match kind {
+                Kind::LinkToFile(n) => {
+                    std::fs::read(d.join("outside-file")).unwrap() == content(*n)
+                }
+                _ => std::fs::read(d.join("outside-file")).unwrap() == b"precious",
+            };
+            file_ok && std::fs::read(d.join("outside-dir/keep")).unwrap() == b"keep"
+        }
+
+        proptest! {
+            /// Reads: a regular file within the bound is read whole; one past it is
+            /// TooLarge; nothing is None; every other kind (links included) is
+            /// NotRegular; never blocks, never follows.
+            #[test]
+            fn reads_only_regular_files_within_the_bound(
+                (max, kind) in (0usize..700).prop_flat_map(|m| (Just(m), kind(m)))
+            ) {
+                let d = tmpdir("prop-read");
+                let p = d.join("1-a.brk");
+                let _sock = plant(&d, "1-a.brk", &kind);
+                let got = within(&p, {
+                    let p = p.clone();
+                    move || read_bounded(&p, max as u64)
+                });
+                match (&kind, got) {
+                    (Kind::Missing, Ok(None)) => {}
+                    (Kind::Regular(n), Ok(Some(b))) if *n <= max => {
+                        prop_assert_eq!(b, content(*n))
+                    }
+                    (Kind::Regular(n), Err(SafeError::TooLarge { max: m, .. })) if *n > max => {
+                        prop_assert_eq!(m, max as u64)
+                    }
+                    (
+                        Kind::LinkToFile(_) | Kind::LinkToDir | Kind::Dangling | Kind::Fifo
+                        | Kind::Dir | Kind::Socket,
+                        Err(SafeError::NotRegular(_)),
+                    ) => {}
+                    (k, r) => prop_assert!(false, "{k:?} with bound {max}: {r:?}"),
+                }
+                prop_assert_eq!(is_regular(&p), matches!(kind, Kind::Regular(_)));
+                prop_assert!(outside_intact(&d, &kind));
+                remove(&d).unwrap();
+            }
+
+            /// Writes replace whatever stands at the name with exactly the content
+            /// and mode, following nothing; removal leaves nothing and follows nothing.
+            #[test]
+            fn writes_and_removals_replace_and_follow_nothing(
+                kind in kind(64),
+                body in proptest::collection::vec(any::<u8>(), 0..128),
+                mode in prop_oneof![Just(0o600u32), Just(0o644), Just(0o400)],
+            ) {
+                let d = tmpdir("prop-write");
+                let p = d.join("1-a.trm");
+                let sock = plant(&d, "1-a.trm", &kind);
+                let written = within(&p, {
+                    let (p, body) = (p.clone(), body.clone());
+                    move || write_replace(&p, &body, mode).map_err(|e| e.to_string())
+                });
+                prop_assert!(written.is_ok(), "{kind:?}: {written:?}");
+                prop_assert!(outside_intact(&d, &kind), "{kind:?}");
+                prop_assert_eq!(read_bounded(&p, 1024).unwrap().unwrap(), body);
+                let m = std::fs::symlink_metadata(&p).unwrap();
+                prop_assert_eq!(m.permissions().mode() & 0o777, mode);
+                drop(sock);
+                std::fs::remove_file(&p).unwrap();
+                let _sock = plant(&d, "1-a.trm", &kind);
+                remove(&p).unwrap();
+                prop_assert!(std::fs::symlink_metadata(&p).is_err(), "{kind:?} survived");
+                prop_assert!(outside_intact(&d, &kind), "{kind:?}");
+                remove(&d).unwrap();
+            }
+        }
+    }
 }

@@ -59,4 +59,64 @@ mod tests {
         assert!(!matches("abc", b"abcd"));
         assert!(!matches("", b""));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A secret and candidates near it: itself, padded with white space, one
+        /// byte changed, cut, extended, or anything at all.
+        fn case() -> impl Strategy<Value = (String, Vec<u8>)> {
+            (
+                "[A-Za-z0-9]{0,48}",
+                any::<usize>(),
+                any::<u8>(),
+                "[ \t\r\n]{0,3}",
+            )
+                .prop_flat_map(|(secret, at, byte, pad)| {
+                    let s = secret.clone().into_bytes();
+                    let mut changed = s.clone();
+                    if !changed.is_empty() {
+                        let i = at % changed.len();
+                        changed[i] = byte;
+                    }
+                    let cut = s[..at % (s.len() + 1)].to_vec();
+                    let mut longer = s.clone();
+                    longer.push(byte);
+                    let mut padded = pad.clone().into_bytes();
+                    padded.extend(&s);
+                    padded.extend(pad.as_bytes());
+                    (
+                        Just(secret),
+                        prop_oneof![
+                            Just(s),
+                            Just(padded),
+                            Just(changed),
+                            Just(cut),
+                            Just(longer),
+                            proptest::collection::vec(any::<u8>(), 0..64),
+                        ],
+                    )
+                })
+        }
+
+        proptest! {
+            /// The contract: a candidate matches exactly when, without surrounding
+            /// ASCII white space, it is the (non-empty) secret, byte for byte.
+            #[test]
+            fn only_the_secret_itself_matches((secret, candidate) in case()) {
+                let exact = candidate.trim_ascii() == secret.as_bytes();
+                prop_assert_eq!(matches(&secret, &candidate), !secret.is_empty() && exact);
+            }
+
+            /// Generated secrets are 40 alphanumerics, and match only themselves.
+            #[test]
+            fn generated_secrets_match_themselves(other in "[A-Za-z0-9]{40}") {
+                let s = generate().unwrap();
+                prop_assert!(s.len() == SECRET_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric()));
+                prop_assert!(matches(&s, s.as_bytes()));
+                prop_assert_eq!(matches(&s, other.as_bytes()), other == s);
+            }
+        }
+    }
 }

@@ -159,14 +159,7 @@ impl Forge {
         if status == StatusCode::NOT_FOUND && method == http::Method::DELETE {
             return Ok((status, bytes));
         }
-        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| {
-                v.get("message")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
+        let message = error_message(&bytes);
         let hint = match (status.as_u16(), accepted) {
             (_, Some(p)) => format!(" (the credential lacks the permission GitHub asks for: {p})"),
             (401, _) => " (the credential is invalid or expired: check -T/RUNNER_PAT, or --app-id/--app-key)".to_string(),
@@ -200,25 +193,127 @@ impl Forge {
         path: &str,
         key: &str,
     ) -> Result<Vec<T>, ForgeError> {
-        #[derive(Deserialize)]
-        struct Page {
-            total_count: u64,
-            #[serde(flatten)]
-            rest: serde_json::Map<String, serde_json::Value>,
-        }
         let mut all = vec![];
         for page in 1..=100u32 {
             let route = format!("{}/{path}?per_page=100&page={page}", self.prefix());
-            let mut p: Page = self.fetch(what, http::Method::GET, route).await?;
-            let items = p.rest.remove(key).unwrap_or_default();
-            let items: Vec<T> = serde_json::from_value(items)
-                .map_err(|e| ForgeError::Decode(what, e.to_string()))?;
+            let (_, body) = self.send(what, http::Method::GET, route, None).await?;
+            let (total, items) = decode_page::<T>(what, &body, key)?;
             let n = items.len();
             all.extend(items);
-            if n < 100 || all.len() as u64 >= p.total_count {
+            if n < 100 || all.len() as u64 >= total {
                 break;
             }
         }
         Ok(all)
+    }
+}
+
+/// GitHub's message in an error answer (its JSON `message`, else the body): remote
+/// bytes on their way to a log line, so on one line, printable and at most 200
+/// characters.
+pub(crate) fn error_message(body: &[u8]) -> String {
+    let raw = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    crate::types::text::printable(&raw.replace(['\n', '\t'], " "))
+        .chars()
+        .take(200)
+        .collect()
+}
+
+/// One page of a paged list, `{total_count, <key>: [...]}`: the total and the
+/// items (none when `key` is absent). Anything else is [`ForgeError::Decode`].
+pub(crate) fn decode_page<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    body: &[u8],
+    key: &str,
+) -> Result<(u64, Vec<T>), ForgeError> {
+    #[derive(Deserialize)]
+    struct Page {
+        total_count: u64,
+        #[serde(flatten)]
+        rest: serde_json::Map<String, serde_json::Value>,
+    }
+    let decode = |e: serde_json::Error| ForgeError::Decode(what, e.to_string());
+    let mut p: Page = serde_json::from_slice(body).map_err(decode)?;
+    let items = p
+        .rest
+        .remove(key)
+        .unwrap_or_else(|| serde_json::Value::Array(vec![]));
+    Ok((
+        p.total_count,
+        serde_json::from_value(items).map_err(decode)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever an error answer holds: one printable line of at most 200
+        /// characters (no escape sequence, carriage return or line break reaches
+        /// the log), GitHub's plain message kept as it is.
+        #[test]
+        fn error_messages_are_one_printable_bounded_line(
+            body in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..400),
+                any::<String>().prop_map(|m| serde_json::json!({"message": m}).to_string().into_bytes()),
+                "[ -~]{0,300}".prop_map(|m| serde_json::json!({"message": m, "documentation_url": "x"}).to_string().into_bytes()),
+            ]
+        ) {
+            let m = error_message(&body);
+            prop_assert!(m.chars().count() <= 200, "{m:?}");
+            prop_assert!(!m.chars().any(|c| c.is_control()), "{m:?}");
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                if let Some(plain) = v["message"].as_str().filter(|s| s.bytes().all(|b| (b' '..=b'~').contains(&b))) {
+                    prop_assert_eq!(m, plain.chars().take(200).collect::<String>());
+                }
+            }
+        }
+
+        /// Pages: a whole one decodes to what it holds; a cut, a wrong type or any
+        /// bytes are a Decode error, never a panic.
+        #[test]
+        fn pages_decode_or_fail_typed(
+            items in proptest::collection::vec((any::<u64>(), "\\PC{0,12}"), 0..4),
+            total in any::<u64>(),
+            cut in any::<prop::sample::Index>(),
+            wrong in prop_oneof![
+                Just(serde_json::json!("12")), Just(serde_json::json!(-1)), Just(serde_json::json!(1.5)),
+                Just(serde_json::json!(null)), Just(serde_json::json!([1])), Just(serde_json::json!({})),
+            ],
+            noise in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            #[derive(Debug, PartialEq, Deserialize)]
+            struct G { id: u64, name: String }
+            let list: Vec<_> = items.iter().map(|(id, name)| serde_json::json!({"id": id, "name": name})).collect();
+            let body = serde_json::json!({"total_count": total, "runner_groups": list}).to_string();
+            let (t, got) = decode_page::<G>("list", body.as_bytes(), "runner_groups").unwrap();
+            prop_assert_eq!(t, total);
+            prop_assert_eq!(got, items.iter().map(|(id, name)| G { id: *id, name: name.clone() }).collect::<Vec<_>>());
+            let absent = decode_page::<G>("list", body.as_bytes(), "runners").unwrap();
+            prop_assert!(absent.1.is_empty());
+            let cut = cut.index(body.len());
+            prop_assert!(matches!(decode_page::<G>("list", &body.as_bytes()[..cut], "runner_groups"), Err(ForgeError::Decode("list", _))));
+            for (bad, fine) in [
+                (serde_json::json!({"total_count": wrong.clone(), "runner_groups": list}), false),
+                (serde_json::json!({"total_count": total, "runner_groups": wrong.clone()}), false),
+                (serde_json::json!({"total_count": total, "runner_groups": [{"id": wrong.clone(), "name": "x"}]}), false),
+                // A string is a name's type.
+                (serde_json::json!({"total_count": total, "runner_groups": [{"id": 1, "name": wrong.clone()}]}), wrong.is_string()),
+            ] {
+                let r = decode_page::<G>("list", bad.to_string().as_bytes(), "runner_groups");
+                prop_assert_eq!(r.is_ok(), fine, "{}: {:?}", bad, r);
+                prop_assert!(fine || matches!(r, Err(ForgeError::Decode("list", _))));
+            }
+            let _ = decode_page::<G>("list", &noise, "runner_groups");
+        }
     }
 }

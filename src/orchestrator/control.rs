@@ -1,5 +1,5 @@
 //! The control socket of a running orchestrator: a Unix socket in a private (0700)
-//! directory `$TMPDIR/gh-runner-microvm.<prefix>.control-<uid>/`, answering `status`
+//! directory `$TMPDIR/gh-runner-microvm-<uid>/<prefix>.control/`, answering `status`
 //! and `drain` to its own user only, and the client side of both subcommands.
 //! Never TCP, never anything a guest can reach. It reads the fleet; it does not
 //! change loops (a drain only raises the stop that SIGTERM raises).
@@ -25,12 +25,10 @@ const MAX_ANSWER: u64 = 4 << 20;
 /// How long either side waits for the other's line.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The control directory of `prefix` under `tmp`, of this user (users do not
-/// share a name in a shared directory).
-pub fn dir(tmp: &Path, prefix: &str) -> PathBuf {
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    tmp.join(format!("gh-runner-microvm.{prefix}.control-{uid}"))
+/// The control directory of `prefix` in `dir`, this user's private temporary
+/// directory (`types::paths::private_tmp`: users share no name in a shared one).
+pub fn dir(private: &Path, prefix: &str) -> PathBuf {
+    private.join(format!("{prefix}.control"))
 }
 
 /// The bound socket; the directory is removed when it is dropped.

@@ -8,9 +8,12 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::{io, OrchestratorError};
 
-/// Take the per-prefix lock (held for the life of the returned value).
-pub(super) fn lock(tmp: &Path, prefix: &str) -> Result<Flock<std::fs::File>, OrchestratorError> {
-    let path = tmp.join(format!("gh-runner-microvm.{prefix}.lock"));
+/// Take the per-prefix lock (held for the life of the returned value): the file
+/// `<prefix>.lock` in `dir`, this user's private temporary directory
+/// (`types::paths::private_tmp`), so another user's orchestrator of the same
+/// prefix neither blocks nor shares it.
+pub(super) fn lock(dir: &Path, prefix: &str) -> Result<Flock<std::fs::File>, OrchestratorError> {
+    let path = dir.join(format!("{prefix}.lock"));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

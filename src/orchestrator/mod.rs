@@ -163,7 +163,7 @@ pub fn subcommand(command: Subcommand, n: u32) -> Result<(), OrchestratorError> 
         Subcommand::Bundle(job) => image::bundle(job),
         Subcommand::Prune { all } => image::prune(all),
         Subcommand::Status { prefix, json } => {
-            let st = control::status(&std::env::temp_dir(), &prefix)?;
+            let st = control::status(&private_tmp()?, &prefix)?;
             match json {
                 true => println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default()),
                 false => print!("{}", fleet::table(&st)),
@@ -171,7 +171,7 @@ pub fn subcommand(command: Subcommand, n: u32) -> Result<(), OrchestratorError> 
             Ok(())
         }
         Subcommand::Drain { prefix, wait } => {
-            control::drain(&std::env::temp_dir(), &prefix, wait)?;
+            control::drain(&private_tmp()?, &prefix, wait)?;
             match wait {
                 true => eprintln!("orchestrator {prefix:?} drained and ended"),
                 false => eprintln!("orchestrator {prefix:?} is draining"),
@@ -181,6 +181,16 @@ pub fn subcommand(command: Subcommand, n: u32) -> Result<(), OrchestratorError> 
         Subcommand::Logs(req) => Ok(logs::run(&req)?),
         Subcommand::Doctor(cfg) => Ok(crate::doctor::run(*cfg)?),
     }
+}
+
+/// This user's private directory in `$TMPDIR`, which holds every name the
+/// orchestrator makes there (lock, control socket, environment roots).
+fn private_tmp() -> Result<std::path::PathBuf, OrchestratorError> {
+    let tmp = std::env::temp_dir();
+    crate::types::paths::private_tmp(&tmp).map_err(io(format!(
+        "use this user's directory in {} (set TMPDIR to another directory, or remove what is there)",
+        tmp.display()
+    )))
 }
 
 /// Run the orchestrator.
@@ -206,7 +216,7 @@ async fn run(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
         crate::forge::Auth::App { .. } => None,
     });
 
-    let tmp = std::env::temp_dir();
+    let tmp = private_tmp()?;
     let _lock = lock::lock(&tmp, &prefix)?;
     let (stop_tx, stop) = crate::runner::stop_channel().map_err(io("install signal handlers"))?;
     let metrics = metrics::Metrics::new();

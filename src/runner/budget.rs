@@ -1,8 +1,8 @@
 //! The registration budget shared by every loop of an orchestrator: at most N
 //! credentials minted per window, so a fleet of loops (or a crash loop) never mints
 //! faster than GitHub allows. Loops are processes, so the budget is a small file of
-//! recent mint times under an exclusive `flock`, in the orchestrator's environment
-//! root (never in a loop directory: guests can write those).
+//! recent mint times under an exclusive `flock`, `<prefix>.registrations` in this
+//! user's private temporary directory (never in a loop directory: guests can write those).
 
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
@@ -63,13 +63,19 @@ impl Budget {
     /// The budget of all loops of `prefix` on this host.
     pub fn for_prefix(prefix: &str, rate: Rate) -> Budget {
         Budget {
-            file: std::env::temp_dir().join(format!("gh-runner-microvm.{prefix}.registrations")),
+            file: crate::types::paths::user_tmp(&std::env::temp_dir())
+                .join(format!("{prefix}.registrations")),
             rate,
         }
     }
 
     /// Try to take a slot; `Err(wait)` says how long until one frees up.
     fn try_take(&self) -> std::io::Result<Result<(), Duration>> {
+        // The file's directory is this user's private one (a loop may start
+        // before any orchestrator made it): never a name another user planted.
+        if let Some(dir) = self.file.parent() {
+            protocol::safefs::ensure_private_dir(dir)?;
+        }
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -157,6 +163,11 @@ mod tests {
     #[test]
     fn limits_and_frees() {
         let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            d.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
         let b = Budget {
             file: d.path().join("b"),
             rate: Rate {
@@ -170,5 +181,12 @@ mod tests {
         assert!(wait <= Duration::from_millis(300));
         std::thread::sleep(wait + Duration::from_millis(20));
         assert!(b.try_take().unwrap().is_ok());
+        // Its directory open to others (not this user's private one): refused.
+        std::fs::set_permissions(
+            d.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        assert!(b.try_take().is_err());
     }
 }

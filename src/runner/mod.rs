@@ -197,12 +197,13 @@ impl Loop {
                 (Some(d.clone()), None)
             }
             (None, true) => {
+                let tmp = std::env::temp_dir();
+                let private = crate::types::paths::private_tmp(&tmp).map_err(|e| {
+                    RunnerError::Io(format!("use this user's directory in {}", tmp.display()), e)
+                })?;
                 let t = tempfile::Builder::new()
-                    .prefix(&format!(
-                        "gh-runner-microvm.{}-{:03}.",
-                        cfg.prefix, cfg.loop_id
-                    ))
-                    .tempdir()
+                    .prefix(&format!("{}-{:03}.", cfg.prefix, cfg.loop_id))
+                    .tempdir_in(private)
                     .map_err(|e| RunnerError::Io("create the loop directory".into(), e))?;
                 (Some(t.path().to_path_buf()), Some(t))
             }

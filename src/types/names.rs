@@ -18,9 +18,10 @@ pub fn loop_dir(prefix: &str, index: u32) -> String {
     format!("{prefix}-{index:03}")
 }
 
-/// Name of the environment root for `prefix` (`gh-runner-microvm.<prefix>.root-<random>`).
+/// Name of the environment root for `prefix` (`<prefix>.root-<random>`, in this
+/// user's private temporary directory, `types::paths::private_tmp`).
 pub fn root_prefix(prefix: &str) -> String {
-    format!("gh-runner-microvm.{prefix}.root-")
+    format!("{prefix}.root-")
 }
 
 /// Is `name` an environment root of exactly `prefix` (not of a longer prefix)?
@@ -42,12 +43,12 @@ mod tests {
 
     #[test]
     fn root_and_vm_names_match_only_their_prefix() {
-        assert!(is_root_of(
-            "gh-runner-microvm.GH-runner.root-abc123",
-            "GH-runner"
-        ));
-        assert!(!is_root_of("gh-runner-microvm.GH-runner.root-abc123", "GH"));
-        assert!(!is_root_of("gh-runner-microvm.a.root-x.root-abc", "a"));
+        assert!(is_root_of("GH-runner.root-abc123", "GH-runner"));
+        assert!(!is_root_of("GH-runner.root-abc123", "GH"));
+        assert!(!is_root_of("a.root-x.root-abc", "a"));
+        assert!(!is_root_of("GH-runner.root-", "GH-runner"));
+        assert!(!is_root_of("GH-runner.lock", "GH-runner"));
+        assert!(!is_root_of("GH-runner.control", "GH-runner"));
         assert!(is_vm_of("GH-runner-1-abcdefg", "GH-runner"));
         assert!(!is_vm_of("GH-runner-1-abcdefg", "GH"));
         assert!(!is_vm_of("GH-runnerX-1-abc", "GH-runner"));

@@ -204,9 +204,34 @@ impl World {
         )
     }
 
+    /// [`World::orchestrator`] (`uid` None) or [`World::orchestrator_as`] for `repo`.
+    pub fn orchestrator_for(
+        &self,
+        uid: Option<u32>,
+        repo: &str,
+        args: &[&str],
+        runner_args: &[&str],
+    ) -> Proc {
+        let all = self.orchestrator_args_for(repo, args, runner_args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        match uid {
+            Some(uid) => self.spawn_as(uid, "orchestrator", &all),
+            None => self.spawn("orchestrator", &all),
+        }
+    }
+
     fn orchestrator_args(&self, args: &[&str], runner_args: &[&str]) -> Vec<String> {
+        self.orchestrator_args_for(REPO, args, runner_args)
+    }
+
+    fn orchestrator_args_for(
+        &self,
+        repo: &str,
+        args: &[&str],
+        runner_args: &[&str],
+    ) -> Vec<String> {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all.extend(["--", "-T", PAT, "-g", &self.forge.url(), "-p", REPO].map(String::from));
+        all.extend(["--", "-T", PAT, "-g", &self.forge.url(), "-p", repo].map(String::from));
         all.extend(runner_args.iter().map(|s| s.to_string()));
         all
     }
@@ -249,15 +274,34 @@ impl World {
         }
     }
 
-    /// Environment roots left in TMPDIR.
+    /// Environment roots left in TMPDIR: `<prefix>.root-*` in any user's private
+    /// `gh-runner-microvm-<uid>/` (as `gh-runner-microvm-<uid>/<name>`), and any
+    /// `gh-runner-microvm.*` directory of the layout before it (none may appear).
     pub fn env_roots(&self) -> Vec<String> {
-        std::fs::read_dir(self.tmp())
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_type().unwrap().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("gh-runner-microvm."))
-            .collect()
+        let dirs = |d: &Path| -> Vec<(PathBuf, String)> {
+            std::fs::read_dir(d)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut roots = vec![];
+        for (path, name) in dirs(&self.tmp()) {
+            if name.starts_with("gh-runner-microvm.") {
+                roots.push(name);
+            } else if name.starts_with("gh-runner-microvm-") {
+                roots.extend(
+                    dirs(&path)
+                        .into_iter()
+                        .filter(|(_, n)| n.contains(".root-"))
+                        .map(|(_, n)| format!("{name}/{n}")),
+                );
+            }
+        }
+        roots
     }
 
     /// VMs the stand-ins still know.

@@ -160,17 +160,9 @@ impl Qemu {
         if spec.entrypoint != image_init && spec.entrypoint != protocol::IMAGE_ENTRYPOINT {
             ghrm.exec = Some(spec.entrypoint.clone());
         }
-        let words = ghrm
-            .render()
+        // Every value and init argument one word: none can add another.
+        let cmdline = cmdline::kernel_line(&cmdline, &ghrm, &spec.args)
             .map_err(|e| BackendError::Cmdline(spec.image.clone().into(), e))?;
-        cmdline.push(' ');
-        cmdline.push_str(&words);
-        cmdline.push(' ');
-        cmdline.push_str(cmdline::END);
-        for arg in &spec.args {
-            cmdline.push(' ');
-            cmdline.push_str(arg);
-        }
         // x86 kernels cut the command line at 2048 bytes; in -I mode the guest's
         // configuration (JIT config included) travels on it.
         if cmdline.len() >= 2048 {
@@ -222,4 +214,38 @@ impl Qemu {
 /// A value inside a QEMU `-drive` option list: commas are doubled.
 fn qemu_escape(s: &str) -> String {
     s.replace(',', ",,")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// QEMU's reading of an option list (`key=value,key=value`, `,,` a comma).
+    fn qemu_opts(s: &str) -> Vec<String> {
+        let (mut out, mut cur, mut it) = (vec![], String::new(), s.chars().peekable());
+        while let Some(c) = it.next() {
+            match (c, it.peek()) {
+                (',', Some(',')) => {
+                    it.next();
+                    cur.push(',');
+                }
+                (',', _) => out.push(std::mem::take(&mut cur)),
+                _ => cur.push(c),
+            }
+        }
+        out.push(cur);
+        out
+    }
+
+    proptest! {
+        /// Any host path stays one option of a `-fsdev`/`-drive` list: commas in it
+        /// cannot add an option (`,readonly=off`, `,file=…`).
+        #[test]
+        fn a_path_is_one_option(path in "[a-z/,=. ]{0,16}|\\PC{0,16}") {
+            let opts = qemu_opts(&format!("local,id=env,path={},security_model=mapped-xattr", qemu_escape(&path)));
+            prop_assert_eq!(opts.len(), 4);
+            prop_assert_eq!(&opts[2], &format!("path={path}"));
+        }
+    }
 }
