@@ -196,7 +196,7 @@ fn a_fine_grained_pat_lacking_the_permission_fails_naming_it() {
     let (code, out, _) = doctor(&w, &env, NO_BOOT, &strs(&args));
     assert_eq!(code, 0, "{out}");
     assert!(
-        line(&out, "github.auth").contains("fine-grained PAT may manage runners"),
+        line(&out, "github.auth").contains("fine-grained PAT may list runners"),
         "{out}"
     );
 }
@@ -234,7 +234,7 @@ fn an_app_passes_and_a_skewed_clock_fails_it() {
     let (code, out, err) = doctor(&w, &[], NO_BOOT, &strs(&args));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
-        line(&out, "github.auth").contains("GitHub App installation may manage runners"),
+        line(&out, "github.auth").contains("GitHub App installation may list runners"),
         "{out}"
     );
     assert!(line(&out, "github.clock").starts_with('✔'), "{out}");

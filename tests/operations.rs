@@ -129,6 +129,11 @@ fn status_follows_the_loops_and_drain_ends_them() {
         "{st}"
     );
 
+    // The orchestrator's own -p before the subcommand names it too; two differing ones are refused.
+    let top = orch(&w, &["-p", prefix, "status", "--json"]);
+    assert!(top.status.success(), "{top:?}");
+    let two = orch(&w, &["-p", prefix, "status", "-p", "other"]);
+    assert_eq!(two.status.code(), Some(2), "{two:?}");
     let table = orch(&w, &["status", "-p", prefix]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(table.status.success(), "{table:?}");
@@ -147,8 +152,12 @@ fn status_follows_the_loops_and_drain_ends_them() {
         "{m}"
     );
     assert!(
-        m.contains("ghrm_github_requests_total{route=\"generate a JIT config\",code=\"201\"}")
-            || m.lines().any(|l| l.starts_with("ghrm_github_requests_total{") && l.contains("code=\"201\"")),
+        sample(
+            &m,
+            "ghrm_github_requests_total{route=\"create a JIT runner configuration\",code=\"201\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
         "{m}"
     );
 

@@ -351,6 +351,20 @@ pub fn orchestrator_config(
     })
 }
 
+/// The prefix of `status`, `drain` and `logs`: theirs (`orchestrator status -p X`)
+/// or the orchestrator's own (`orchestrator -p X status`, as a deploy script may
+/// write it), never silently the default when one of them names another.
+fn either_prefix(cli: &OrchestratorCli, own: String) -> Result<String, OrchestratorError> {
+    let default = "GH-runner";
+    match (cli.prefix.as_str(), own.as_str()) {
+        (top, sub) if top == sub || top == default => Ok(own),
+        (top, sub) if sub == default => Ok(top.to_string()),
+        (top, sub) => Err(OrchestratorError::Usage(format!(
+            "two prefixes given, -p {top} before the subcommand and -p {sub} after it: give one"
+        ))),
+    }
+}
+
 /// `-p/--prefix`, checked.
 fn valid_prefix(prefix: String) -> Result<String, OrchestratorError> {
     if !protocol::valid_prefix(&prefix) {
@@ -427,14 +441,17 @@ pub fn subcommand(
         Command::Demo(a) => Ok(Subcommand::Demo(demo_config(a))),
         Command::Image(ImageCommand::Prune(a)) => Ok(Subcommand::Prune { all: a.all }),
         Command::Status(a) => Ok(Subcommand::Status {
-            prefix: valid_prefix(a.prefix)?,
+            prefix: valid_prefix(either_prefix(cli, a.prefix)?)?,
             json: a.json,
         }),
         Command::Drain(a) => Ok(Subcommand::Drain {
-            prefix: valid_prefix(a.prefix)?,
+            prefix: valid_prefix(either_prefix(cli, a.prefix)?)?,
             wait: !a.no_wait,
         }),
-        Command::Logs(a) => Ok(Subcommand::Logs(logs_request(a)?)),
+        Command::Logs(mut a) => {
+            a.prefix = either_prefix(cli, a.prefix)?;
+            Ok(Subcommand::Logs(logs_request(a)?))
+        }
         Command::Image(ImageCommand::Bundle(a)) => {
             let entrypoint = match a.entrypoint {
                 Some(e) => e,

@@ -210,9 +210,17 @@ pub fn judge(
     match a.status {
         200..=299 => match lacks_scope {
             Some(_) => Err(fix_scope()),
-            None => Ok(format!(
+            // A classic PAT's scope covers writing; for the others a list only
+            // proves reading (a write check would mint a live credential).
+            None if classic.is_some() => Ok(format!(
                 "{kind} may manage runners at {at} ({} registered)",
                 a.runners.unwrap_or(0)
+            )),
+            None => Ok(format!(
+                "{kind} may list runners at {at} ({} registered); write access ({}) is proven at \
+                 the first registration",
+                a.runners.unwrap_or(0),
+                permission_words(scope)
             )),
         },
         401 => Err(AccessProblem {

@@ -72,6 +72,8 @@ impl Control {
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
+                    // Out of descriptors, say: do not spin the loops' runtime.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
                 tokio::spawn(answer(stream, fleet.clone(), stop.clone()));

@@ -210,11 +210,9 @@ async fn run(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
     let rcfg = &cfg.runner;
     let backend = Backend::detect(rcfg.runtime, &rcfg.qemu)?;
     let (args, pat, secret) = args::extract_secrets(&cfg.runner_args);
-    // The PAT as resolved (-T, RUNNER_PAT, or a systemd credential): the loops get it as RUNNER_PAT.
-    let pat = pat.or(match &rcfg.auth {
-        crate::forge::Auth::Pat(p) => Some(p.clone()),
-        crate::forge::Auth::App { .. } => None,
-    });
+    // A -T PAT reaches the loops as RUNNER_PAT; RUNNER_PAT and a systemd credential
+    // ($CREDENTIALS_DIRECTORY) reach them as they reached us: a PAT read from a
+    // credential file is never put in any environment.
 
     let tmp = private_tmp()?;
     let _lock = lock::lock(&tmp, &prefix)?;

@@ -29,6 +29,15 @@ pub fn init() {
     }
     // SAFETY: `fd` was just made by fcntl and is owned by nothing else.
     let pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+    // An orchestrator that stops reading (stopped, wedged) must not stop the loop
+    // with it: a full pipe drops events instead of blocking.
+    // SAFETY: plain descriptor calls on a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
     if let Ok(mut p) = PIPE.lock() {
         *p = Some(pipe);
     }
@@ -42,7 +51,8 @@ pub fn init() {
 }
 
 /// Report `e` (nothing when reporting is off). A failed write is ignored: the
-/// orchestrator may be gone, and the loop goes on without it.
+/// orchestrator may be gone or not reading, and the loop goes on without it (a
+/// line cut by a full pipe is skipped by the reader as not an event).
 pub fn emit(e: &LoopEvent) {
     let Ok(mut pipe) = PIPE.lock() else { return };
     let Some(out) = pipe.as_mut() else { return };

@@ -3,7 +3,8 @@
 //! terminal) and carriage returns (which forge log lines) are shown, not obeyed.
 
 /// `s` with every control character but newline and tab made visible: C0 and DEL
-/// in caret notation (`^[`, `^M`, `^?`), C1 as U+FFFD.
+/// in caret notation (`^[`, `^M`, `^?`), C1 and the bidirectional and invisible
+/// format characters (which reorder or hide what follows them) as U+FFFD.
 pub fn printable(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -15,6 +16,11 @@ pub fn printable(s: &str) -> String {
             }
             '\u{7f}' => out.push_str("^?"),
             '\u{80}'..='\u{9f}' => out.push('\u{fffd}'),
+            // Bidirectional and invisible format characters reorder or hide text.
+            '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}' => out.push('\u{fffd}'),
             _ => out.push(c),
         }
     }
@@ -32,5 +38,10 @@ mod tests {
             "ok^[]0;owned^G^[[2J^MINFO forged\n\tx\u{fffd}31m^?"
         );
         assert_eq!(printable("plain ünïcode"), "plain ünïcode");
+        // A right-to-left override would show `exe.txt` as `txt.exe`.
+        assert_eq!(
+            printable("a\u{202e}txt.exe\u{2066}\u{200b}"),
+            "a\u{fffd}txt.exe\u{fffd}\u{fffd}"
+        );
     }
 }

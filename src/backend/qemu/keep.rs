@@ -23,8 +23,9 @@ pub fn kept_root() -> PathBuf {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("gh-runner-microvm")
+        .map(|d| d.join("gh-runner-microvm"))
+        // Without a home: this user's own directory in $TMPDIR, never a shared name.
+        .unwrap_or_else(|| crate::types::paths::user_tmp(&std::env::temp_dir()))
         .join("consoles")
 }
 
