@@ -523,6 +523,7 @@ fn bundle_with_init(w: &World, script: &str) -> std::path::PathBuf {
     for f in ["vmlinuz", "bundle.json"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
+    let _ = std::fs::remove_file(dir.join("vmlinux")); // the second bundle here
     std::os::unix::fs::symlink(src.join("vmlinux"), dir.join("vmlinux")).unwrap();
     let mut c =
         ghrm::image::cpio::Cpio::new(std::fs::File::create(dir.join("initrd.img")).unwrap());
