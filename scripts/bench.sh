@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): runs `orchestrator demo` (local forge, QEMU microVMs,
-# fake actions runner) for N = 1, 2, 4 loops and prints one table:
-# cold start → .tkn (median, p90), host share of VM exit → next VM start,
-# jobs per minute, peak RSS of orchestrator / runner loop / QEMU.
+# fake actions runner) for N = 1, 2, 4 loops and each way of booting, on the same
+# bundle, and prints one table: cold start → .tkn (median, p90), host share of VM
+# exit → next VM start, jobs per minute, peak RSS of orchestrator / runner loop / QEMU.
+# Boots: `pvh` (the bundle's uncompressed vmlinux), `bzimage` (the same bundle
+# without it: its compressed kernel).
 #
 #   scripts/bench.sh                 BENCH_JOBS=10 BENCH_ACCEL=auto by default
 #   BENCH_ACCEL=tcg BENCH_JOBS=12 scripts/bench.sh
+#   BENCH_LOOPS=1 BENCH_BOOTS="bzimage pvh" scripts/bench.sh   the before/after of PVH
 #   BENCH_BUNDLE=DIR scripts/bench.sh   boot DIR (e.g. a root-disk bundle of an image
 #                                       with the fake runner) instead of the busybox one
 set -euo pipefail
@@ -14,23 +17,45 @@ jobs=${BENCH_JOBS:-10}
 accel=${BENCH_ACCEL:-auto}
 loops=${BENCH_LOOPS:-1 2 4}
 
+boots=${BENCH_BOOTS:-bzimage pvh}
+
 scripts/build.sh --release >/dev/null
 results=$(mktemp)
-trap 'rm -f "$results"' EXIT
+work=$(mktemp -d)
+trap 'rm -rf "$results" "$work"' EXIT
+bundle=${BENCH_BUNDLE:-${XDG_CACHE_HOME:-$HOME/.cache}/gh-runner-microvm/demo/bundle}
+run() { # run BOOT N [--bundle DIR]
+  echo "bench: $2 loop(s), $jobs jobs, accel $accel, boot $1 ..." >&2
+  target/release/orchestrator demo -n "$2" --jobs "$jobs" --accel "$accel" "${@:3}" --json 2>/dev/null \
+    | tail -n 1 | sed "s/^{/{\"boot\":\"$1\",/" >> "$results"
+}
 for n in $loops; do
-  echo "bench: $n loop(s), $jobs jobs, accel $accel ..." >&2
-  target/release/orchestrator demo -n "$n" --jobs "$jobs" --accel "$accel" \
-    ${BENCH_BUNDLE:+--bundle "$BENCH_BUNDLE"} --json 2>/dev/null | tail -n 1 >> "$results"
+  for boot in $boots; do
+    if [ "$boot" = pvh ]; then
+      # Without BENCH_BUNDLE the demo (re)builds its bundle here, vmlinux included.
+      run pvh "$n" ${BENCH_BUNDLE:+--bundle "$BENCH_BUNDLE"}
+    else
+      # The same bundle without its vmlinux: bundle.json as before PVH, the other files linked.
+      [ -f "$bundle/bundle.json" ] || # make the demo bundle first
+        target/release/orchestrator demo -n 1 --jobs 1 --accel "$accel" >/dev/null 2>&1
+      rm -rf "$work/bz" && mkdir "$work/bz"
+      for f in "$bundle"/*; do ln -s "$(realpath "$f")" "$work/bz/"; done
+      rm -f "$work/bz/bundle.json" "$work/bz/vmlinux"
+      python3 -c 'import json,sys; b=json.load(open(sys.argv[1])); b.pop("vmlinux",None); print(json.dumps(b))' \
+        "$bundle/bundle.json" > "$work/bz/bundle.json"
+      run bzimage "$n" --bundle "$work/bz"
+    fi
+  done
 done
 
 python3 - "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 f = lambda v, i: "-" if not v else f"{v[i]:.2f}"
-print(f"{'loops':>5} {'jobs':>5} {'boot med s':>10} {'boot p90 s':>10} {'host turn ms':>12} {'jobs/min':>9} {'orch KiB':>9} {'loop KiB':>9} {'QEMU KiB':>9}")
+print(f"{'boot':>7} {'loops':>5} {'jobs':>5} {'boot med s':>10} {'boot p90 s':>10} {'host turn ms':>12} {'jobs/min':>9} {'orch KiB':>9} {'loop KiB':>9} {'QEMU KiB':>9}")
 for r in rows:
     t = r["turnaround_s"]
     turn = "-" if not t else f"{t[0]*1000:.0f}"
-    print(f"{r['loops']:>5} {r['jobs']:>5} {f(r['boot_s'],0):>10} {f(r['boot_s'],1):>10} {turn:>12} {r['jobs_per_min']:>9.2f} "
+    print(f"{r.get('boot','-'):>7} {r['loops']:>5} {r['jobs']:>5} {f(r['boot_s'],0):>10} {f(r['boot_s'],1):>10} {turn:>12} {r['jobs_per_min']:>9.2f} "
           f"{r['rss_kib']['orchestrator']:>9} {r['rss_kib']['runner']:>9} {r['rss_kib']['qemu']:>9}")
 PY

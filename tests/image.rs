@@ -203,6 +203,9 @@ fn an_oci_image_boots_under_qemu_and_runs_a_job_then_prune_removes_it() {
     let info = ghrm::image::BundleInfo::load(&bundle).unwrap();
     let root = info.root.clone().expect("a root-disk bundle");
     assert_eq!(root.init, "/opt/gh-runner-microvm/bin/entrypoint");
+    // The uncompressed kernel for a PVH boot, as in parts bundles.
+    assert_eq!(info.vmlinux.as_deref(), Some("vmlinux"));
+    assert!(bundle.join("vmlinux").is_file());
     assert!(root.disk.starts_with(w.dir.path()), "{root:?}");
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&root.disk.metadata().unwrap().permissions());
@@ -344,7 +347,7 @@ fn an_oci_image_boots_under_qemu_and_runs_a_job_then_prune_removes_it() {
     );
     assert!(!root.disk.exists(), "the converted disk is still there");
     assert!(
-        !bundle.join("bundle.json").exists(),
+        !bundle.join("bundle.json").exists() && !bundle.join("vmlinux").exists(),
         "the bundle is still there"
     );
     let containers = run(

@@ -523,6 +523,8 @@ fn bundle_with_init(w: &World, script: &str) -> std::path::PathBuf {
     for f in ["vmlinuz", "bundle.json"] {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
+    let _ = std::fs::remove_file(dir.join("vmlinux")); // the second bundle here
+    std::os::unix::fs::symlink(src.join("vmlinux"), dir.join("vmlinux")).unwrap();
     let mut c =
         ghrm::image::cpio::Cpio::new(std::fs::File::create(dir.join("initrd.img")).unwrap());
     c.dir("/bin", 0o755, 0, 0).unwrap();
@@ -785,4 +787,60 @@ fn qemu_a_console_flood_is_stopped_at_the_bound() {
     assert!(ghrm_qemu_state(&w).is_empty(), "{:?}", ghrm_qemu_state(&w));
     let left = w.wait_no_processes(Duration::from_secs(5));
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The `-kernel` of the test's running QEMU.
+fn qemu_kernel(w: &World) -> Option<String> {
+    w.tagged().into_iter().find_map(|(_, cmd)| {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        let qemu = args.first()?.ends_with("qemu-system-x86_64");
+        let i = args.iter().position(|a| *a == "-kernel")?;
+        qemu.then(|| args.get(i + 1).map(|k| k.to_string()))?
+    })
+}
+
+/// `image bundle` took the uncompressed kernel out of Debian's vmlinuz (a PVH ELF)
+/// and QEMU boots it (`-kernel …/vmlinux`); a bundle made before that (no `vmlinux`
+/// in its bundle.json) still boots its bzImage. Both run their job.
+#[test]
+fn qemu_boots_the_pvh_vmlinux_and_older_bundles_their_bzimage() {
+    let w = World::new();
+    let bundle = qemu_bundle();
+    let info = ghrm::image::BundleInfo::load(&bundle).unwrap();
+    assert_eq!(info.vmlinux.as_deref(), Some("vmlinux"));
+    let elf = std::fs::read(bundle.join("vmlinux")).unwrap();
+    assert!(ghrm::image::vmlinux::pvh_entry(&elf).is_ok());
+    // An older bundle: its bundle.json has no vmlinux (the file beside it is ignored).
+    let old = w.dir.path().join("old-bundle");
+    std::fs::create_dir_all(&old).unwrap();
+    for f in ["vmlinuz", "vmlinux", "initrd.img"] {
+        std::os::unix::fs::symlink(bundle.join(f), old.join(f)).unwrap();
+    }
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("bundle.json")).unwrap())
+            .unwrap();
+    json.as_object_mut().unwrap().remove("vmlinux");
+    std::fs::write(old.join("bundle.json"), json.to_string()).unwrap();
+
+    for (dir, kernel) in [(&bundle, "vmlinux"), (&old, "vmlinuz")] {
+        w.forge.queue_job(REPO, &[], "sleep 2; echo booted-fine");
+        let mut args = qemu_args(&w, &["-r", "1", "-R", "qemu"]);
+        let i = args.iter().position(|a| a == "-i").unwrap();
+        args[i + 1] = dir.display().to_string();
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut p = w.runner(&a);
+        let mut seen = None;
+        w.wait_for("a running QEMU", Duration::from_secs(120), &p, || {
+            seen = qemu_kernel(&w);
+            seen.is_some()
+        });
+        let st = p.finish(Duration::from_secs(120));
+        let log = p.log();
+        assert!(st.success(), "{st}\n{log}");
+        assert_eq!(seen, Some(dir.join(kernel).display().to_string()), "{log}");
+        let jobs = w.forge.jobs();
+        let j = jobs.last().unwrap();
+        assert_eq!(j.exit_code, Some(0), "{}\n{log}", j.output);
+        assert!(j.output.contains("booted-fine"), "{}", j.output);
+    }
 }

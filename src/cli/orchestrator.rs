@@ -244,7 +244,9 @@ pub enum ImageCommand {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["oci", "busybox"])))]
 pub struct BundleArgs {
-    /// Kernel image (vmlinuz, bzImage).
+    /// Kernel image (vmlinuz, bzImage). Its uncompressed kernel goes into the
+    /// bundle too when it can boot through PVH (xz, zstd, gzip or lz4 payload): VMs
+    /// boot it, seconds faster without KVM.
     #[arg(long, value_name = "VMLINUZ")]
     pub kernel: PathBuf,
     /// The kernel's modules: /lib/modules/<version>.

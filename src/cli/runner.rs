@@ -290,7 +290,8 @@ pub struct RunnerOpts {
         value_name = "GUEST_IP:PORT=HOST_IP:PORT"
     )]
     pub net_forward: Vec<String>,
-    /// QEMU: kernel to boot instead of the bundle's.
+    /// QEMU: kernel to boot instead of the bundle's: a bzImage (vmlinuz), or an
+    /// uncompressed vmlinux with a PVH entry note (booted faster).
     #[arg(long = "kernel", env = "RUNNER_KERNEL", value_name = "VMLINUZ")]
     pub kernel: Option<PathBuf>,
     /// QEMU, root-disk bundles (`image bundle --oci`): size of each VM's scratch

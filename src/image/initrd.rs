@@ -58,11 +58,12 @@ impl Initrd {
             .expect("the initramfs is written before commit")
     }
 
-    /// Put the initramfs in place, then the kernel and `bundle.json` beside it, and
-    /// remember the bundle (for `image prune`).
+    /// Put the initramfs in place, then the kernel (and its `vmlinux`, if any) and
+    /// `bundle.json` beside it, and remember the bundle (for `image prune`).
     pub(super) fn commit(
         mut self,
         kernel: &[u8],
+        vmlinux: Option<&[u8]>,
         info: BundleInfo,
     ) -> Result<BundleInfo, ImageError> {
         let w = |e| ImageError::Write(self.path.clone(), e);
@@ -75,6 +76,16 @@ impl Initrd {
         let out = self.path.parent().unwrap_or(Path::new("."));
         std::fs::write(out.join(&info.kernel), kernel)
             .map_err(|e| ImageError::Write(out.join(&info.kernel), e))?;
+        let elf = out.join(super::VMLINUX);
+        match vmlinux {
+            Some(bytes) => std::fs::write(&elf, bytes),
+            // A previous build's is stale.
+            None => std::fs::remove_file(&elf).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+        }
+        .map_err(|e| ImageError::Write(elf, e))?;
         info.save(out)?;
         record_bundle(out);
         Ok(info)

@@ -14,6 +14,7 @@ mod modules;
 pub mod oci;
 mod parts;
 mod registry;
+pub mod vmlinux;
 
 use std::path::{Path, PathBuf};
 
@@ -110,13 +111,19 @@ pub struct BundleInfo {
     pub kernel: String,
     /// Initramfs file name in the bundle.
     pub initrd: String,
+    /// The uncompressed kernel (`vmlinux`, booted through its PVH entry), when it
+    /// could be taken out of `kernel`; bundles without it boot `kernel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmlinux: Option<String>,
     /// A root-disk bundle (`image bundle --oci`): the initramfs is stage 1 only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<oci::RootDisk>,
 }
 
 /// The files a bundle directory holds (what `image prune` removes from it).
-pub const BUNDLE_FILES: &[&str] = &["bundle.json", "vmlinuz", "initrd.img"];
+pub const BUNDLE_FILES: &[&str] = &["bundle.json", "vmlinuz", "vmlinux", "initrd.img"];
+/// The name of the uncompressed kernel in a bundle.
+pub const VMLINUX: &str = "vmlinux";
 
 impl BundleInfo {
     /// Read `DIR/bundle.json`.

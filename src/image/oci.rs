@@ -294,6 +294,7 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
         modules,
         kernel: "vmlinuz".into(),
         initrd: "initrd.img".into(),
+        vmlinux: kernel.vmlinux.as_ref().map(|_| super::VMLINUX.into()),
         root: Some(RootDisk {
             disk,
             image: inp.image.clone(),
@@ -301,7 +302,7 @@ pub fn bundle_oci(inp: &OciInputs) -> Result<BundleInfo, ImageError> {
             init,
         }),
     };
-    initrd.commit(&kernel, info)
+    initrd.commit(&kernel.bzimage, kernel.vmlinux.as_deref(), info)
 }
 
 /// What `image prune` removed.

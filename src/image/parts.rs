@@ -217,9 +217,10 @@ pub fn bundle(inp: &BundleInputs) -> Result<BundleInfo, ImageError> {
         modules,
         kernel: "vmlinuz".into(),
         initrd: "initrd.img".into(),
+        vmlinux: kernel.vmlinux.as_ref().map(|_| super::VMLINUX.into()),
         root: None,
     };
-    initrd.commit(&kernel, info)
+    initrd.commit(&kernel.bzimage, kernel.vmlinux.as_deref(), info)
 }
 
 /// Pack the fake actions runner (`listener`, a static binary) as
