@@ -201,24 +201,11 @@ fn a_fine_grained_pat_lacking_the_permission_fails_naming_it() {
     );
 }
 
-/// A GitHub App key pair made for this test (never committed): (private, public PEM).
+/// A GitHub App key pair made for this test: (private key path, public PEM).
 fn app_key(w: &World) -> (PathBuf, String) {
     let key = w.dir.path().join("app.pem");
-    let ok = std::process::Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .output()
-        .unwrap();
-    assert!(ok.status.success());
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let public = std::process::Command::new("openssl")
-        .args(["rsa", "-pubout", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(public.status.success());
-    (key, String::from_utf8(public.stdout).unwrap())
+    let public = crate::common::app_key(&key);
+    (key, public)
 }
 
 /// An App passes; GitHub's clock 10 minutes off fails it (its JWTs would be

@@ -168,27 +168,11 @@ fn missing_permission_is_one_clear_error() {
     assert_eq!(posts, 1, "retried a permission error\n{log}");
 }
 
-/// A GitHub App key pair made for this test (never committed); returns (private, public) paths.
+/// A GitHub App key pair made for this test: (private key path, public PEM).
 fn app_key(w: &World, name: &str) -> (std::path::PathBuf, String) {
     let key = w.dir.path().join(format!("{name}.pem"));
-    let ok = std::process::Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "openssl genrsa: {}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    let public = std::process::Command::new("openssl")
-        .args(["rsa", "-pubout", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(public.status.success());
-    (key, String::from_utf8(public.stdout).unwrap())
+    let public = crate::common::app_key(&key);
+    (key, public)
 }
 
 /// App authentication end to end: the loop runs jobs with App credentials only

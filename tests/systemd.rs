@@ -194,26 +194,9 @@ fn the_app_key_from_a_systemd_credential() {
     let creds = w.dir.path().join("credentials");
     std::fs::create_dir(&creds).unwrap();
     let key = creds.join("runner-app-key");
-    let gen = std::process::Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .output()
-        .unwrap();
-    assert!(
-        gen.status.success(),
-        "{}",
-        String::from_utf8_lossy(&gen.stderr)
-    );
+    let public = crate::common::app_key(&key);
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
-    let public = std::process::Command::new("openssl")
-        .args(["rsa", "-pubout", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(public.status.success());
-    w.forge
-        .add_app(4242, &String::from_utf8(public.stdout).unwrap(), 77, "acme");
+    w.forge.add_app(4242, &public, 77, "acme");
     w.env
         .lock()
         .unwrap()

@@ -441,15 +441,15 @@ pub fn subcommand(
         Command::Demo(a) => Ok(Subcommand::Demo(demo_config(a))),
         Command::Image(ImageCommand::Prune(a)) => Ok(Subcommand::Prune { all: a.all }),
         Command::Status(a) => Ok(Subcommand::Status {
-            prefix: valid_prefix(either_prefix(cli, a.prefix)?)?,
+            prefix: valid_prefix(either_prefix(cli, a.of.prefix)?)?,
             json: a.json,
         }),
         Command::Drain(a) => Ok(Subcommand::Drain {
-            prefix: valid_prefix(either_prefix(cli, a.prefix)?)?,
+            prefix: valid_prefix(either_prefix(cli, a.of.prefix)?)?,
             wait: !a.no_wait,
         }),
         Command::Logs(mut a) => {
-            a.prefix = either_prefix(cli, a.prefix)?;
+            a.of.prefix = either_prefix(cli, a.of.prefix)?;
             Ok(Subcommand::Logs(logs_request(a)?))
         }
         Command::Image(ImageCommand::Bundle(a)) => {
@@ -490,28 +490,23 @@ pub fn subcommand(
 /// a VM name of the prefix.
 fn logs_request(a: LogsArgs) -> Result<LogsRequest, OrchestratorError> {
     let usage = |s: String| Err(OrchestratorError::Usage(s));
-    if !protocol::valid_prefix(&a.prefix) {
-        return usage(format!(
-            "-p/--prefix {:?} must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 64 characters)",
-            a.prefix
-        ));
-    }
+    let prefix = valid_prefix(a.of.prefix)?;
     let target = match a.target {
         None => None,
         Some(t) if t.bytes().all(|b| b.is_ascii_digit()) => match t.parse::<u32>() {
             Ok(n) if n >= 1 => Some(LogsTarget::Loop(n)),
             _ => return usage(format!("LOOP {t:?} must be a loop number from 1")),
         },
-        Some(t) if crate::types::names::is_vm_of(&t, &a.prefix) => Some(LogsTarget::Vm(t)),
+        Some(t) if crate::types::names::is_vm_of(&t, &prefix) => Some(LogsTarget::Vm(t)),
         Some(t) => {
             return usage(format!(
                 "{t:?} is neither a loop number nor a VM of prefix {:?} ({}-<loop>-<random>); another prefix needs -p",
-                a.prefix, a.prefix
+                prefix, prefix
             ))
         }
     };
     Ok(LogsRequest {
-        prefix: a.prefix,
+        prefix,
         target,
         follow: a.follow,
     })

@@ -129,12 +129,9 @@ pub enum Command {
     Doctor(DoctorArgs),
 }
 
-/// `orchestrator status`.
+/// `-p/--prefix` of the subcommands that find a running orchestrator's things.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Exit status: 0 answered; 1 no orchestrator with this prefix runs here (as this user,\nwith this TMPDIR). The JSON document is described in README (\"status\")."
-)]
-pub struct StatusArgs {
+pub struct PrefixArg {
     /// The orchestrator's prefix (its -p).
     #[arg(
         short = 'p',
@@ -143,6 +140,16 @@ pub struct StatusArgs {
         default_value = "GH-runner"
     )]
     pub prefix: String,
+}
+
+/// `orchestrator status`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 answered; 1 no orchestrator with this prefix runs here (as this user,\nwith this TMPDIR). The JSON document is described in README (\"status\")."
+)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub of: PrefixArg,
     /// Print the JSON document (stable, versioned) instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -154,14 +161,8 @@ pub struct StatusArgs {
     after_help = "Exit status: 0 drained (with --no-wait: draining has begun); 1 no orchestrator with\nthis prefix runs here, or it could not be asked."
 )]
 pub struct DrainArgs {
-    /// The orchestrator's prefix (its -p).
-    #[arg(
-        short = 'p',
-        long = "prefix",
-        env = "ORCHESTRATOR_PREFIX",
-        default_value = "GH-runner"
-    )]
-    pub prefix: String,
+    #[command(flatten)]
+    pub of: PrefixArg,
     /// Return once draining has begun instead of when the orchestrator has ended.
     #[arg(long)]
     pub no_wait: bool,
@@ -182,14 +183,8 @@ have a console).";
 /// `orchestrator logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// Prefix of the VM names, as given to the orchestrator.
-    #[arg(
-        short = 'p',
-        long = "prefix",
-        env = "ORCHESTRATOR_PREFIX",
-        default_value = "GH-runner"
-    )]
-    pub prefix: String,
+    #[command(flatten)]
+    pub of: PrefixArg,
     /// Follow the console as the guest writes it, until its VM ends.
     #[arg(short = 'f', long = "follow")]
     pub follow: bool,

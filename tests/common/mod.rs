@@ -477,3 +477,27 @@ pub fn bundle_release(bundle: &Path) -> String {
         .unwrap()
         .kernel_release
 }
+
+/// A GitHub App key pair made for a test (never committed): the private key
+/// written to `key` (0600), the public key's PEM returned.
+pub fn app_key(key: &Path) -> String {
+    let ok = Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(key)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "openssl genrsa: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    std::fs::set_permissions(key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let public = Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(key)
+        .output()
+        .unwrap();
+    assert!(public.status.success());
+    String::from_utf8(public.stdout).unwrap()
+}
