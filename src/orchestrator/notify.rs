@@ -76,10 +76,11 @@ pub fn ready(status: &str) {
     }
 }
 
-/// STATUS=: the one-line summary `systemctl status` shows; sent when it changes.
-pub fn status(line: &str) {
+/// STATUS=: the one-line summary `systemctl status` shows, made by `line` only
+/// under systemd; sent when it changes.
+pub fn status(line: impl FnOnce() -> String) {
     if let Some(s) = service() {
-        s.status(line);
+        s.status(&line());
     }
 }
 

@@ -142,7 +142,7 @@ pub(super) async fn supervise(
         }
         // systemd (notify.rs): pinged from this loop, so a wedged supervision stops pinging.
         super::notify::watchdog();
-        super::notify::status(&shared.summary());
+        super::notify::status(|| shared.summary());
         // Start the next loop when the previous one is up, or its wait is over.
         if next_start < slots.len() {
             let open = match gate {
