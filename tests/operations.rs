@@ -179,6 +179,11 @@ fn status_follows_the_loops_and_drain_ends_them() {
     let mut drain = drain;
     let dst = drain.finish(Duration::from_secs(60));
     assert!(dst.success(), "{dst}\n{}", drain.log());
+    assert!(
+        drain.log().contains("drained and ended (exit 0)"),
+        "drain did not learn the orchestrator's exit status\n{}",
+        drain.log()
+    );
     let ost = p.finish(Duration::from_secs(10));
     let log = p.log();
     assert!(ost.success(), "{ost}\n{log}");
@@ -289,4 +294,33 @@ fn qemu_metrics_match_the_jobs_run() {
         "{m}"
     );
     assert!(w.env_roots().is_empty(), "{log}");
+}
+
+/// A `drain` whose orchestrator is killed before it ends says so (exit 1): a
+/// deploy script is never told "drained" about an orchestrator that was not.
+#[test]
+fn drain_of_a_killed_orchestrator_is_an_error() {
+    let w = World::new();
+    let prefix = "ops-killed";
+    w.forge
+        .queue_job(REPO, &[], &format!("{PRELUDE}sleep 30\necho never"));
+    let p = w.orchestrator(
+        &["-n", "1", "-R", "krunvm", "-p", prefix],
+        &["--grace", "60", "-u", "root"],
+    );
+    w.wait_for("a busy loop", Duration::from_secs(30), &p, || {
+        status_json(&w, prefix).is_some_and(|s| !in_state(&loops(&s), "busy").is_empty())
+    });
+    let mut drain = w.spawn("orchestrator", &["drain", "-p", prefix]);
+    w.wait_for("draining", Duration::from_secs(10), &p, || {
+        status_json(&w, prefix).is_some_and(|s| s["draining"] == true)
+    });
+    p.signal(nix::sys::signal::Signal::SIGKILL);
+    let st = drain.finish(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(1), "{}", drain.log());
+    assert!(
+        drain.log().contains("ended without saying how"),
+        "{}",
+        drain.log()
+    );
 }

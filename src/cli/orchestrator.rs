@@ -158,7 +158,7 @@ pub struct StatusArgs {
 /// `orchestrator drain`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Exit status: 0 drained (with --no-wait: draining has begun); 1 no orchestrator with\nthis prefix runs here, or it could not be asked."
+    after_help = "Exit status: 0 drained and ended with exit 0 (with --no-wait: draining has begun); 1 no\norchestrator with this prefix runs here, it could not be asked, or it ended otherwise (its exit\nstatus is said, or that it was killed)."
 )]
 pub struct DrainArgs {
     #[command(flatten)]

@@ -7,6 +7,7 @@
 use std::io::{BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +36,10 @@ pub fn dir(private: &Path, prefix: &str) -> PathBuf {
 pub(super) struct Control {
     dir: PathBuf,
     listener: Option<tokio::net::UnixListener>,
+    /// The orchestrator's exit status, once it is known (for waiting `drain`s).
+    ended: Arc<watch::Sender<Option<u8>>>,
+    /// `drain` connections still to be told the exit status.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl Drop for Control {
@@ -59,16 +64,29 @@ impl Control {
         Ok(Control {
             dir,
             listener: Some(listener),
+            ended: Arc::new(watch::channel(None).0),
+            waiting: Arc::new(AtomicUsize::new(0)),
         })
     }
 
+    /// Tell every waiting `drain` the orchestrator's exit status `code` (at most
+    /// a second's wait for them to have it).
+    pub(super) async fn finish(&self, code: u8) {
+        let _ = self.ended.send(Some(code));
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.waiting.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Answer requests for the life of the runtime: `status` from `fleet`,
-    /// `drain` by setting `stop` (then the connection stays open until this
-    /// process ends, so `drain` can wait for it).
+    /// `drain` by setting `stop` (then the connection stays open until
+    /// [`Control::finish`] gives it the exit status, so `drain` can wait for it).
     pub(super) fn serve(&mut self, fleet: Arc<Mutex<Fleet>>, stop: Arc<watch::Sender<bool>>) {
         let Some(listener) = self.listener.take() else {
             return;
         };
+        let (ended, waiting) = (self.ended.clone(), self.waiting.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -76,16 +94,28 @@ impl Control {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 };
-                tokio::spawn(answer(stream, fleet.clone(), stop.clone()));
+                let ended = Ended {
+                    status: ended.subscribe(),
+                    waiting: waiting.clone(),
+                };
+                tokio::spawn(answer(stream, fleet.clone(), stop.clone(), ended));
             }
         });
     }
+}
+
+/// What a `drain` connection waits for: the exit status, and the count of those
+/// still waiting for it.
+struct Ended {
+    status: watch::Receiver<Option<u8>>,
+    waiting: Arc<AtomicUsize>,
 }
 
 async fn answer(
     mut stream: tokio::net::UnixStream,
     fleet: Arc<Mutex<Fleet>>,
     stop: Arc<watch::Sender<bool>>,
+    mut ended: Ended,
 ) {
     // The directory already keeps others out; the peer's uid is checked too.
     // SAFETY: geteuid cannot fail.
@@ -111,6 +141,7 @@ async fn answer(
         }
         "drain" => {
             tracing::info!("drain asked for on the control socket");
+            ended.waiting.fetch_add(1, Ordering::SeqCst);
             let _ = stop.send(true);
             r#"{"draining":true}"#.to_string()
         }
@@ -118,8 +149,12 @@ async fn answer(
     };
     let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
     if line.trim() == "drain" {
-        // Held until this process ends: the client's EOF says the orchestrator is gone.
-        std::future::pending::<()>().await;
+        // Held until the orchestrator has cleaned up: then its exit status.
+        if let Ok(code) = ended.status.wait_for(Option::is_some).await.map(|c| *c) {
+            let done = serde_json::json!({ "ended": true, "exit": code });
+            let _ = write.write_all(format!("{done}\n").as_bytes()).await;
+        }
+        ended.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -142,6 +177,14 @@ pub enum ControlError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The drained orchestrator ended badly, or without saying how.
+    #[error("the orchestrator {prefix:?} ended {how}; its log says why")]
+    EndedBadly {
+        /// The prefix.
+        prefix: String,
+        /// With which exit status, or that it did not say.
+        how: String,
     },
     /// The answer was not what was expected.
     #[error("the orchestrator at {} answered {answer:?}", path.display())]
@@ -202,21 +245,32 @@ pub fn status(tmp: &Path, prefix: &str) -> Result<Status, ControlError> {
 }
 
 /// Ask the orchestrator of `prefix` to drain; with `wait`, return once it has
-/// ended (its connection closes when the process exits).
-pub fn drain(tmp: &Path, prefix: &str, wait: bool) -> Result<(), ControlError> {
+/// ended, with its exit status (`None` when it ended without saying: killed).
+pub fn drain(tmp: &Path, prefix: &str, wait: bool) -> Result<Option<u8>, ControlError> {
     let (mut s, path) = connect(tmp, prefix)?;
-    let line = request(&mut s, &path, "drain")?;
+    let err = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
+    s.write_all(b"drain\n").map_err(err)?;
+    let mut lines = std::io::BufReader::new(Read::take(s, MAX_ANSWER));
+    let mut line = String::new();
+    lines.read_line(&mut line).map_err(err)?;
     if !line.contains(r#""draining":true"#) {
         return Err(ControlError::Answer {
             path,
             answer: line.chars().take(200).collect(),
         });
     }
-    if wait {
-        let _ = s.set_read_timeout(None);
-        let mut sink = [0u8; 64];
-        // EOF (or an error) once the orchestrator is gone; a well-behaved one sends nothing more.
-        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+    if !wait {
+        return Ok(Some(0));
     }
-    Ok(())
+    let _ = lines.get_ref().get_ref().set_read_timeout(None);
+    line.clear();
+    // `{"ended":true,"exit":N}` once it has cleaned up; EOF alone if it was killed.
+    let _ = lines.read_line(&mut line);
+    Ok(serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .and_then(|v| v.get("exit")?.as_u64())
+        .and_then(|c| u8::try_from(c).ok()))
 }

@@ -171,10 +171,18 @@ pub fn subcommand(command: Subcommand, n: u32) -> Result<(), OrchestratorError> 
             Ok(())
         }
         Subcommand::Drain { prefix, wait } => {
-            control::drain(&private_tmp()?, &prefix, wait)?;
-            match wait {
-                true => eprintln!("orchestrator {prefix:?} drained and ended"),
-                false => eprintln!("orchestrator {prefix:?} is draining"),
+            match (wait, control::drain(&private_tmp()?, &prefix, wait)?) {
+                (false, _) => eprintln!("orchestrator {prefix:?} is draining"),
+                (true, Some(0)) => eprintln!("orchestrator {prefix:?} drained and ended (exit 0)"),
+                (true, how) => {
+                    return Err(control::ControlError::EndedBadly {
+                        prefix,
+                        how: how.map_or("without saying how (killed?)".into(), |c| {
+                            format!("with exit status {c}")
+                        }),
+                    }
+                    .into())
+                }
             }
             Ok(())
         }
@@ -281,5 +289,9 @@ async fn run(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
     .await;
     // Whatever happened: no VM of ours and no environment directory may remain.
     sweep::leave_nothing(&backend, &prefix, root.as_deref()).await;
+    // A waiting `drain` learns how it ended.
+    control
+        .finish(result.as_ref().map_or_else(|e| e.exit_code(), |_| 0))
+        .await;
     result
 }
