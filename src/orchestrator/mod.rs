@@ -275,11 +275,18 @@ async fn run(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
         root.as_deref(),
         &backend,
         launcher,
-        reconciler,
+        reconciler.as_mut(),
         shared,
     )
     .await;
     // Whatever happened: no VM of ours and no environment directory may remain.
     sweep::leave_nothing(&backend, &prefix, root.as_deref()).await;
+    // Nor a registration of a loop that was killed before it could deregister.
+    if let Some(r) = reconciler.as_mut() {
+        match backend.list(&prefix).await {
+            Ok(live) => notify::keep_alive(RECONCILE_LIMIT, r.last_pass(&live)).await,
+            Err(e) => warn!("cannot list VMs; skipping the last registration clean-up: {e}"),
+        }
+    }
     result
 }
