@@ -65,26 +65,60 @@ impl Scenario {
 
 /// The CI set: fast, and green on main.
 const CI: &[Scenario] = &[
-    Scenario { phase: Phase::Mint, fault: Fault::Forge5xx },
-    Scenario { phase: Phase::Mint, fault: Fault::Forge429After },
-    Scenario { phase: Phase::Mint, fault: Fault::Forge429Bare },
-    Scenario { phase: Phase::Mint, fault: Fault::ForgeMalformed },
-    Scenario { phase: Phase::Idle, fault: Fault::ForgeOutage },
-    Scenario { phase: Phase::Boot, fault: Fault::OrchestratorKill },
-    Scenario { phase: Phase::Boot, fault: Fault::LoopKill },
-    Scenario { phase: Phase::Idle, fault: Fault::LoopKill },
-    Scenario { phase: Phase::Idle, fault: Fault::VmKill },
-    Scenario { phase: Phase::Busy, fault: Fault::GuestGarbage },
-    Scenario { phase: Phase::Drain, fault: Fault::Forge5xx },
+    Scenario {
+        phase: Phase::Mint,
+        fault: Fault::Forge5xx,
+    },
+    Scenario {
+        phase: Phase::Mint,
+        fault: Fault::Forge429After,
+    },
+    Scenario {
+        phase: Phase::Mint,
+        fault: Fault::Forge429Bare,
+    },
+    Scenario {
+        phase: Phase::Mint,
+        fault: Fault::ForgeMalformed,
+    },
+    Scenario {
+        phase: Phase::Idle,
+        fault: Fault::ForgeOutage,
+    },
+    Scenario {
+        phase: Phase::Boot,
+        fault: Fault::OrchestratorKill,
+    },
+    Scenario {
+        phase: Phase::Boot,
+        fault: Fault::LoopKill,
+    },
+    Scenario {
+        phase: Phase::Idle,
+        fault: Fault::LoopKill,
+    },
+    Scenario {
+        phase: Phase::Idle,
+        fault: Fault::VmKill,
+    },
+    Scenario {
+        phase: Phase::Busy,
+        fault: Fault::GuestGarbage,
+    },
+    Scenario {
+        phase: Phase::Drain,
+        fault: Fault::Forge5xx,
+    },
 ];
 
 /// Scenarios left out of the CI set, with the reason (DEVELOPMENT.md "Tests").
-const LONG: &[(Scenario, &str)] = &[
-    (
-        Scenario { phase: Phase::Mint, fault: Fault::ForgeDelay },
-        "waits out the client's 30 s read timeout",
-    ),
-];
+const LONG: &[(Scenario, &str)] = &[(
+    Scenario {
+        phase: Phase::Mint,
+        fault: Fault::ForgeDelay,
+    },
+    "waits out the client's 30 s read timeout",
+)];
 
 /// splitmix64: a tiny seeded generator, so a printed seed replays a scenario.
 struct Rng(u64);
@@ -226,8 +260,14 @@ fn run(sc: Scenario, seed: u64) -> Row {
     let mut problems = vec![];
     let mut jobs = vec![];
     // Jobs queued before the start: mint and boot faults hit the first runner.
-    if matches!(sc.phase, Phase::Mint | Phase::Boot | Phase::Busy | Phase::Drain) {
-        jobs.push(w.forge.queue_job(REPO, &[], &script(sc.fault, &mut rng, busy_secs)));
+    if matches!(
+        sc.phase,
+        Phase::Mint | Phase::Boot | Phase::Busy | Phase::Drain
+    ) {
+        jobs.push(
+            w.forge
+                .queue_job(REPO, &[], &script(sc.fault, &mut rng, busy_secs)),
+        );
     }
     if sc.phase == Phase::Boot {
         std::fs::write(w.state().join("hang"), "1").unwrap();
@@ -240,7 +280,12 @@ fn run(sc: Scenario, seed: u64) -> Row {
                 method,
                 path,
                 n,
-                FaultKind::Status { status, retry_after: None, reset_in: None, permissions: None },
+                FaultKind::Status {
+                    status,
+                    retry_after: None,
+                    reset_in: None,
+                    permissions: None,
+                },
             )
         }
         Fault::Forge429After | Fault::Forge429Bare => w.forge.inject(
@@ -254,8 +299,14 @@ fn run(sc: Scenario, seed: u64) -> Row {
                 permissions: None,
             },
         ),
-        Fault::ForgeDelay => w.forge.inject(method, path, 1, FaultKind::Delay(Duration::from_secs(32))),
-        Fault::ForgeMalformed => w.forge.inject(method, path, 1 + rng.below(2) as u32, FaultKind::Malformed),
+        Fault::ForgeDelay => {
+            w.forge
+                .inject(method, path, 1, FaultKind::Delay(Duration::from_secs(32)))
+        }
+        Fault::ForgeMalformed => {
+            w.forge
+                .inject(method, path, 1 + rng.below(2) as u32, FaultKind::Malformed)
+        }
         Fault::ForgeOutage => w.forge.outage(Duration::from_secs(3) + rng.millis(3000)),
         _ => {}
     };
@@ -270,11 +321,15 @@ fn run(sc: Scenario, seed: u64) -> Row {
         match sc.phase {
             Phase::Mint => std::thread::sleep(rng.millis(500)),
             Phase::Boot => {
-                wait("a runner minted, its VM booting", t, || !ours(&w).is_empty() && !w.vms().is_empty())?;
+                wait("a runner minted, its VM booting", t, || {
+                    !ours(&w).is_empty() && !w.vms().is_empty()
+                })?;
                 std::thread::sleep(rng.millis(1000));
             }
             Phase::Idle => {
-                wait("an idle runner online", t, || ours(&w).iter().any(|r| r.status == "online"))?;
+                wait("an idle runner online", t, || {
+                    ours(&w).iter().any(|r| r.status == "online")
+                })?;
                 std::thread::sleep(rng.millis(1000));
             }
             Phase::Busy | Phase::Drain => {
@@ -297,7 +352,11 @@ fn run(sc: Scenario, seed: u64) -> Row {
                 if pids.is_empty() {
                     return Err(format!("no process of VM {vm}"));
                 }
-                let sig = if sc.fault == Fault::VmKill { Signal::SIGKILL } else { Signal::SIGSTOP };
+                let sig = if sc.fault == Fault::VmKill {
+                    Signal::SIGKILL
+                } else {
+                    Signal::SIGSTOP
+                };
                 pids.iter().for_each(|p| kill(*p, sig));
             }
             Fault::LoopKill => kill(loop_pid(&w).ok_or("no runner loop")?, Signal::SIGKILL),
@@ -323,7 +382,10 @@ fn run(sc: Scenario, seed: u64) -> Row {
     }
     // One more job after the fault: the loop must still take work.
     if sc.phase != Phase::Drain {
-        jobs.push(w.forge.queue_job(REPO, &[], &script(Fault::Forge5xx, &mut rng, 0)));
+        jobs.push(
+            w.forge
+                .queue_job(REPO, &[], &script(Fault::Forge5xx, &mut rng, 0)),
+        );
     }
     let done = |w: &World| {
         w.forge
@@ -333,7 +395,11 @@ fn run(sc: Scenario, seed: u64) -> Row {
     };
     let mut recover = Duration::ZERO;
     if sc.phase != Phase::Drain {
-        let within = Duration::from_secs(if sc.fault == Fault::ForgeDelay { 90 } else { 45 });
+        let within = Duration::from_secs(if sc.fault == Fault::ForgeDelay {
+            90
+        } else {
+            45
+        });
         match wait("every job completed", within, || done(&w)) {
             Ok(()) => recover = fault_at.elapsed(),
             Err(e) => problems.push(e),
@@ -372,21 +438,34 @@ fn run(sc: Scenario, seed: u64) -> Row {
                 j.id, j.status, j.claims, j.exit_code
             )),
         }
-        if j.status == JobStatus::Completed && j.exit_code == Some(0) && !j.output.contains("chaos-ok") {
+        if j.status == JobStatus::Completed
+            && j.exit_code == Some(0)
+            && !j.output.contains("chaos-ok")
+        {
             problems.push(format!("job {} output: {}", j.id, j.output));
         }
     }
     let regs = ours(&w);
     if !regs.is_empty() {
-        problems.push(format!("registrations left: {:?}", regs.iter().map(|r| (&r.name, &r.status, r.busy)).collect::<Vec<_>>()));
+        problems.push(format!(
+            "registrations left: {:?}",
+            regs.iter()
+                .map(|r| (&r.name, &r.status, r.busy))
+                .collect::<Vec<_>>()
+        ));
     }
     let procs = w.wait_no_processes(Duration::from_secs(10));
     let (vms, roots) = (w.vms(), w.env_roots());
     if !vms.is_empty() || !roots.is_empty() || !procs.is_empty() {
-        problems.push(format!("left: VMs {vms:?}, roots {roots:?}, processes {procs:?}"));
+        problems.push(format!(
+            "left: VMs {vms:?}, roots {roots:?}, processes {procs:?}"
+        ));
     }
     if sc.fault == Fault::OrchestratorKill && !log.contains("stale runner registration") {
-        problems.push("the restarted orchestrator did not remove the registration left by the killed loop".into());
+        problems.push(
+            "the restarted orchestrator did not remove the registration left by the killed loop"
+                .into(),
+        );
     }
     if !problems.is_empty() {
         eprintln!("----- {} (seed {seed}) -----\n{log}", sc.name());
@@ -420,14 +499,18 @@ fn wait_exit(p: &mut crate::common::Proc, within: Duration) -> Option<std::proce
 }
 
 fn catalogue() -> Vec<Scenario> {
-    CI.iter().copied().chain(LONG.iter().map(|(s, _)| *s)).collect()
+    CI.iter()
+        .copied()
+        .chain(LONG.iter().map(|(s, _)| *s))
+        .collect()
 }
 
 /// Every scenario of the chosen set, one table row each; fails on any leak or loss.
 #[test]
 fn chaos_suite() {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let base: u64 = var("GHRM_CHAOS_SEED").map_or(13, |s| s.parse().expect("GHRM_CHAOS_SEED: a number"));
+    let base: u64 =
+        var("GHRM_CHAOS_SEED").map_or(13, |s| s.parse().expect("GHRM_CHAOS_SEED: a number"));
     let plan: Vec<(Scenario, u64)> = if let Some(only) = var("GHRM_CHAOS_ONLY") {
         let sc = catalogue()
             .into_iter()
@@ -444,7 +527,10 @@ fn chaos_suite() {
             })
             .collect()
     } else {
-        CI.iter().enumerate().map(|(i, s)| (*s, mix(base, i as u64))).collect()
+        CI.iter()
+            .enumerate()
+            .map(|(i, s)| (*s, mix(base, i as u64)))
+            .collect()
     };
     println!("chaos: base seed {base}, {} scenarios", plan.len());
     header();
@@ -463,5 +549,9 @@ fn chaos_suite() {
         }
     }
     println!("chaos: {:.0}s in all", t0.elapsed().as_secs_f64());
-    assert!(failed.is_empty(), "chaos scenarios failed:\n{}", failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "chaos scenarios failed:\n{}",
+        failed.join("\n")
+    );
 }
