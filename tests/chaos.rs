@@ -63,7 +63,7 @@ impl Scenario {
     }
 }
 
-/// The CI set: fast, and green on main.
+/// The CI set: fast, and green.
 const CI: &[Scenario] = &[
     Scenario {
         phase: Phase::Mint,
@@ -82,6 +82,10 @@ const CI: &[Scenario] = &[
         fault: Fault::ForgeMalformed,
     },
     Scenario {
+        phase: Phase::Mint,
+        fault: Fault::ForgeOutage,
+    },
+    Scenario {
         phase: Phase::Idle,
         fault: Fault::ForgeOutage,
     },
@@ -98,8 +102,16 @@ const CI: &[Scenario] = &[
         fault: Fault::LoopKill,
     },
     Scenario {
+        phase: Phase::Boot,
+        fault: Fault::VmKill,
+    },
+    Scenario {
         phase: Phase::Idle,
         fault: Fault::VmKill,
+    },
+    Scenario {
+        phase: Phase::Idle,
+        fault: Fault::VmStop,
     },
     Scenario {
         phase: Phase::Busy,
@@ -111,14 +123,82 @@ const CI: &[Scenario] = &[
     },
 ];
 
-/// Scenarios left out of the CI set, with the reason (DEVELOPMENT.md "Tests").
-const LONG: &[(Scenario, &str)] = &[(
+/// Left out of the CI set for time, with the reason; in the long mode's draw.
+const LONG: &[(Scenario, &str)] = &[
+    (
+        Scenario {
+            phase: Phase::Mint,
+            fault: Fault::ForgeDelay,
+        },
+        "waits out the client's 30 s read timeout",
+    ),
+    (
+        Scenario {
+            phase: Phase::Idle,
+            fault: Fault::ForgeDelay,
+        },
+        "waits out the client's 30 s read timeout",
+    ),
+    (
+        Scenario {
+            phase: Phase::Boot,
+            fault: Fault::ForgeOutage,
+        },
+        "slow (about 11 s)",
+    ),
+    (
+        Scenario {
+            phase: Phase::Idle,
+            fault: Fault::ForgeMalformed,
+        },
+        "as mint/forgemalformed, later",
+    ),
+    (
+        Scenario {
+            phase: Phase::Idle,
+            fault: Fault::OrchestratorKill,
+        },
+        "as boot/orchestratorkill, later",
+    ),
+    (
+        Scenario {
+            phase: Phase::Drain,
+            fault: Fault::ForgeOutage,
+        },
+        "slow (about 8 s)",
+    ),
+];
+
+/// Why every scenario in [`GAPS`] fails today (DEVELOPMENT.md "Tests").
+const GAP: &str = "the local forge does not model a runner that vanishes mid-job (GitHub fails the job once it loses the runner, and shows the runner offline): the job stays in progress and its runner busy";
+
+/// Known to fail for [`GAP`]: run only by name (`GHRM_CHAOS_ONLY`), never drawn.
+const GAPS: &[Scenario] = &[
     Scenario {
-        phase: Phase::Mint,
-        fault: Fault::ForgeDelay,
+        phase: Phase::Busy,
+        fault: Fault::VmKill,
     },
-    "waits out the client's 30 s read timeout",
-)];
+    Scenario {
+        phase: Phase::Busy,
+        fault: Fault::VmStop,
+    },
+    Scenario {
+        phase: Phase::Busy,
+        fault: Fault::LoopKill,
+    },
+    Scenario {
+        phase: Phase::Busy,
+        fault: Fault::OrchestratorKill,
+    },
+    Scenario {
+        phase: Phase::Drain,
+        fault: Fault::VmStop,
+    },
+    Scenario {
+        phase: Phase::Drain,
+        fault: Fault::LoopKill,
+    },
+];
 
 /// splitmix64: a tiny seeded generator, so a printed seed replays a scenario.
 struct Rng(u64);
@@ -206,13 +286,21 @@ fn loop_pid(w: &World) -> Option<i32> {
 }
 
 /// The processes of VM `name`: the stand-in's entrypoint and the runner under it,
-/// found by the VM's directory in their command line or environment.
+/// found by the VM's directory in their command line or environment, and the loop's
+/// backend child (a VM that hangs at boot is a bare `sleep`).
 fn vm_pids(w: &World, name: &str) -> Vec<i32> {
     let needle = format!("/vm/{name}/");
+    let lp = loop_pid(w).map(|p| p.to_string());
+    let parent = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().nth(1)?.to_string()))
+    };
     w.tagged()
         .into_iter()
         .filter(|(pid, cmd)| {
             cmd.contains(&needle)
+                || (lp.is_some() && parent(*pid) == lp && !cmd.contains("/runner "))
                 || std::fs::read(format!("/proc/{pid}/environ"))
                     .is_ok_and(|e| String::from_utf8_lossy(&e).contains(&needle))
         })
@@ -316,6 +404,8 @@ fn run(sc: Scenario, seed: u64) -> Row {
     }
     let mut p = w.orchestrator(&orch_args, &runner_args);
     let mut restarted = None;
+    // The VM a process fault hit: no job queued after the fault may run on it.
+    let mut victim: Option<String> = None;
     let step = (|| -> Result<(), String> {
         let t = Duration::from_secs(30);
         match sc.phase {
@@ -345,6 +435,12 @@ fn run(sc: Scenario, seed: u64) -> Row {
             forge_fault(&mut rng, "POST", "/generate-jitconfig");
         }
         let vm = w.vms().into_iter().next();
+        if matches!(
+            sc.fault,
+            Fault::VmKill | Fault::VmStop | Fault::LoopKill | Fault::OrchestratorKill
+        ) {
+            victim = vm.clone();
+        }
         match sc.fault {
             Fault::VmKill | Fault::VmStop => {
                 let vm = vm.ok_or("no VM to stop or kill")?;
@@ -380,13 +476,15 @@ fn run(sc: Scenario, seed: u64) -> Row {
     if let Some(r) = restarted.take() {
         p = r;
     }
-    // One more job after the fault: the loop must still take work.
+    // Two more jobs after the fault: the loop must still take work, and mint again.
+    let mut after = vec![];
     if sc.phase != Phase::Drain {
-        jobs.push(
-            w.forge
-                .queue_job(REPO, &[], &script(Fault::Forge5xx, &mut rng, 0)),
-        );
+        for _ in 0..2 {
+            let s = script(Fault::Forge5xx, &mut rng, 0);
+            after.push(w.forge.queue_job(REPO, &[], &s));
+        }
     }
+    jobs.extend(&after);
     let done = |w: &World| {
         w.forge
             .jobs()
@@ -443,6 +541,13 @@ fn run(sc: Scenario, seed: u64) -> Row {
             && !j.output.contains("chaos-ok")
         {
             problems.push(format!("job {} output: {}", j.id, j.output));
+        }
+    }
+    if let Some(v) = &victim {
+        for j in all.iter().filter(|j| after.contains(&j.id)) {
+            if j.runner_name.as_deref() == Some(v.as_str()) {
+                problems.push(format!("job {} ran on {v}, the VM the fault hit", j.id));
+            }
         }
     }
     let regs = ours(&w);
@@ -514,8 +619,12 @@ fn chaos_suite() {
     let plan: Vec<(Scenario, u64)> = if let Some(only) = var("GHRM_CHAOS_ONLY") {
         let sc = catalogue()
             .into_iter()
+            .chain(GAPS.iter().copied())
             .find(|s| s.name() == only)
             .unwrap_or_else(|| panic!("GHRM_CHAOS_ONLY: no scenario {only}"));
+        if GAPS.iter().any(|g| g.name() == sc.name()) {
+            println!("chaos: {only} is a known gap: {GAP}");
+        }
         vec![(sc, base)]
     } else if let Some(n) = var("GHRM_CHAOS_ROUNDS") {
         let n: u64 = n.parse().expect("GHRM_CHAOS_ROUNDS: a number");
