@@ -406,6 +406,8 @@ fn run(sc: Scenario, seed: u64) -> Row {
     let mut restarted = None;
     // The VM a process fault hit: no job queued after the fault may run on it.
     let mut victim: Option<String> = None;
+    // Its registration was offline when the orchestrator started again.
+    let mut victim_offline = false;
     let step = (|| -> Result<(), String> {
         let t = Duration::from_secs(30);
         match sc.phase {
@@ -464,6 +466,9 @@ fn run(sc: Scenario, seed: u64) -> Row {
                 if !left.is_empty() {
                     return Err(format!("survivors of SIGKILL: {left:?}"));
                 }
+                victim_offline = ours(&w)
+                    .iter()
+                    .any(|r| Some(&r.name) == vm.as_ref() && r.status == "offline");
                 restarted = Some(w.orchestrator(&orch_args, &runner_args));
             }
             _ => {}
@@ -566,11 +571,18 @@ fn run(sc: Scenario, seed: u64) -> Row {
             "left: VMs {vms:?}, roots {roots:?}, processes {procs:?}"
         ));
     }
-    if sc.fault == Fault::OrchestratorKill && !log.contains("stale runner registration") {
-        problems.push(
-            "the restarted orchestrator did not remove the registration left by the killed loop"
-                .into(),
-        );
+    // The expected finding of issue 13: a runner minted just before its loop died is
+    // removed by the next orchestrator at start, before its first loop runs. (One the
+    // forge still shows online is not deleted at start, by design: it goes by the
+    // exit's last pass, or once GitHub shows it offline; `regs` checks that.)
+    if let (Fault::OrchestratorKill, Some(v), true) = (sc.fault, &victim, victim_offline) {
+        let deleted = log.find(&format!("deleted stale runner registration {v}"));
+        let started = log.find("loop 1 started");
+        if !matches!((deleted, started), (Some(d), Some(s)) if d < s) {
+            problems.push(format!(
+                "the restarted orchestrator did not remove {v} at start"
+            ));
+        }
     }
     if !problems.is_empty() {
         eprintln!("----- {} (seed {seed}) -----\n{log}", sc.name());
