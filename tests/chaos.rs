@@ -555,6 +555,20 @@ fn run(sc: Scenario, seed: u64) -> Row {
             }
         }
     }
+    // A forge fault that no request met proves nothing.
+    let seen = |ok: &dyn Fn(&ghrm::localforge::Request) -> bool| w.forge.requests().iter().any(ok);
+    let met = match sc.fault {
+        Fault::Forge5xx => seen(&|r| [500, 502, 503].contains(&r.status)),
+        Fault::Forge429After | Fault::Forge429Bare => seen(&|r| r.status == 429),
+        Fault::ForgeOutage => seen(&|r| r.status == 503),
+        Fault::ForgeMalformed => {
+            seen(&|r| r.path.ends_with("/generate-jitconfig") && r.status == 200)
+        }
+        _ => true,
+    };
+    if !met {
+        problems.push("no request met the forge fault".into());
+    }
     let regs = ours(&w);
     if !regs.is_empty() {
         problems.push(format!(
