@@ -2,6 +2,7 @@
 //! backends (krunvm, podman) that run the real entrypoint as a host process.
 //! Run `scripts/build.sh` first (the README's test command does).
 
+mod chaos;
 mod cli;
 mod common;
 mod doctor;

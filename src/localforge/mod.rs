@@ -150,6 +150,8 @@ pub enum FaultKind {
     CreatedThen500,
     /// Answer normally, but only after this long.
     Delay(std::time::Duration),
+    /// Answer 200 with a JSON body cut short (a broken proxy), without doing the work.
+    Malformed,
 }
 
 #[derive(Debug, Clone)]

@@ -38,6 +38,9 @@ use reconcile::Reconciler;
 /// limits of up to 15 minutes (`forge::transport`), a few times.
 const RECONCILE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// How long the registration clean-up after the loops may take.
+const LAST_PASS_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The orchestrator's validated configuration (built by `cli::config`).
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
@@ -283,12 +286,31 @@ async fn run(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
         root.as_deref(),
         &backend,
         launcher,
-        reconciler,
+        reconciler.as_mut(),
         shared,
     )
     .await;
     // Whatever happened: no VM of ours and no environment directory may remain.
     sweep::leave_nothing(&backend, &prefix, root.as_deref()).await;
+    // Nor a registration of a loop that was killed before it could deregister.
+    if let Some(r) = reconciler.as_mut() {
+        match backend.list(&prefix).await {
+            // Bounded: a stop must not wait out GitHub's rate limits (the next start's pass
+            // catches what is left, once GitHub shows it offline).
+            Ok(live) => {
+                if tokio::time::timeout(LAST_PASS_LIMIT, r.last_pass(&live))
+                    .await
+                    .is_err()
+                {
+                    warn!(
+                        "the last registration clean-up took over {}s; left to the next start",
+                        LAST_PASS_LIMIT.as_secs()
+                    );
+                }
+            }
+            Err(e) => warn!("cannot list VMs; skipping the last registration clean-up: {e}"),
+        }
+    }
     // A waiting `drain` learns how it ended.
     control
         .finish(result.as_ref().map_or_else(|e| e.exit_code(), |_| 0))

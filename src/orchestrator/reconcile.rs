@@ -20,6 +20,17 @@ impl Reconciler {
     /// runner with no VM is marked, and deleted only if still so on the next pass
     /// (a runner that is just booting is never deleted).
     pub(super) async fn pass(&mut self, live: &[String], at_start: bool) {
+        self.sweep(live, at_start, false).await
+    }
+
+    /// The pass after every loop has ended and our VMs are removed: a registration of
+    /// ours that is not busy and has no VM in `live` belongs to a loop that was killed
+    /// (SIGKILL leaves no time to deregister), whatever status GitHub still shows.
+    pub(super) async fn last_pass(&mut self, live: &[String]) {
+        self.sweep(live, true, true).await
+    }
+
+    async fn sweep(&mut self, live: &[String], at_once: bool, online_too: bool) {
         let runners = match self.forge.list_runners().await {
             Ok(r) => r,
             Err(e) => {
@@ -32,10 +43,10 @@ impl Reconciler {
             .into_iter()
             .filter(|r| is_vm_of(&r.name, &self.prefix))
         {
-            if r.busy || r.status != "offline" || live.contains(&r.name) {
+            if r.busy || (r.status != "offline" && !online_too) || live.contains(&r.name) {
                 continue;
             }
-            if at_start || self.marked.contains(&r.id) {
+            if at_once || self.marked.contains(&r.id) {
                 match self.forge.delete_runner(r.id).await {
                     Ok(crate::forge::Deletion::Deleted) => {
                         info!("deleted stale runner registration {}", r.name)

@@ -90,7 +90,7 @@ pub(super) async fn supervise(
     root: Option<&Path>,
     backend: &Backend,
     launcher: Launcher,
-    mut reconciler: Option<Reconciler>,
+    mut reconciler: Option<&mut Reconciler>,
     shared: Shared,
 ) -> Result<(), OrchestratorError> {
     let (prefix, rcfg) = (cfg.prefix.as_str(), &cfg.runner);

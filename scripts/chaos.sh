@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The chaos suite (tests/chaos.rs), for a person: N random scenarios from a seed,
+# one table row each (DEVELOPMENT.md "Tests"). Without variables it runs the CI set.
+#
+#   GHRM_CHAOS_ROUNDS=20 scripts/chaos.sh            20 random scenarios (seed 13)
+#   GHRM_CHAOS_SEED=42 GHRM_CHAOS_ROUNDS=20 scripts/chaos.sh
+#   GHRM_CHAOS_ONLY=idle/loopkill GHRM_CHAOS_SEED=… scripts/chaos.sh   replay one row
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/build.sh
+export GHRM_CHAOS_SEED="${GHRM_CHAOS_SEED:-}" GHRM_CHAOS_ROUNDS="${GHRM_CHAOS_ROUNDS:-}" \
+  GHRM_CHAOS_ONLY="${GHRM_CHAOS_ONLY:-}"
+exec cargo test --test integration chaos:: -- --nocapture --test-threads=1

@@ -1,0 +1,692 @@
+//! The chaos suite (issue 13): real binaries, the stand-in krunvm backend and the
+//! local forge; each scenario injects one fault at a random point of one phase of
+//! the loop (mint, boot, idle, busy, drain), then checks and prints one table row:
+//! no job lost or run twice, no registration, VM, environment root or process left.
+//!
+//! CI (no variables): a fixed set, about 2 minutes. A person: `scripts/chaos.sh`
+//! (`GHRM_CHAOS_ROUNDS=N` random scenarios from `GHRM_CHAOS_SEED`, or
+//! `GHRM_CHAOS_ONLY=NAME` one scenario of the catalogue). Every row prints its seed.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::common::{World, PRELUDE, REPO};
+use ghrm::localforge::{FaultKind, JobStatus};
+
+const PREFIX: &str = "chaos";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Mint,
+    Boot,
+    Idle,
+    Busy,
+    Drain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// A burst of 500/502/503 answers.
+    Forge5xx,
+    /// 429 with `retry-after`.
+    Forge429After,
+    /// 429 without `retry-after`.
+    Forge429Bare,
+    /// An answer delayed past the client's 30 s read timeout (long mode only).
+    ForgeDelay,
+    /// Every API request answers 503 for a few seconds.
+    ForgeOutage,
+    /// 200 with JSON cut short.
+    ForgeMalformed,
+    /// The VM's processes SIGKILLed.
+    VmKill,
+    /// The VM's processes SIGSTOPped (a `.tkn` written, then the guest hangs).
+    VmStop,
+    /// The runner loop SIGKILLed (the orchestrator restarts it).
+    LoopKill,
+    /// The loop and the orchestrator SIGKILLed, the orchestrator started again.
+    OrchestratorKill,
+    /// The job writes garbage, FIFOs or symlinks as `.tkn`, `.brk`, `.job`.
+    GuestGarbage,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    phase: Phase,
+    fault: Fault,
+}
+
+impl Scenario {
+    fn name(&self) -> String {
+        format!("{:?}/{:?}", self.phase, self.fault).to_lowercase()
+    }
+}
+
+/// The CI set: fast, and green.
+const CI: &[Scenario] = &[
+    Scenario {
+        phase: Phase::Mint,
+        fault: Fault::Forge5xx,
+    },
+    Scenario {
+        phase: Phase::Mint,
+        fault: Fault::Forge429After,
+    },
+    Scenario {
+        phase: Phase::Mint,
+        fault: Fault::Forge429Bare,
+    },
+    Scenario {
+        phase: Phase::Mint,
+        fault: Fault::ForgeMalformed,
+    },
+    Scenario {
+        phase: Phase::Mint,
+        fault: Fault::ForgeOutage,
+    },
+    Scenario {
+        phase: Phase::Idle,
+        fault: Fault::ForgeOutage,
+    },
+    Scenario {
+        phase: Phase::Boot,
+        fault: Fault::OrchestratorKill,
+    },
+    Scenario {
+        phase: Phase::Boot,
+        fault: Fault::LoopKill,
+    },
+    Scenario {
+        phase: Phase::Idle,
+        fault: Fault::LoopKill,
+    },
+    Scenario {
+        phase: Phase::Boot,
+        fault: Fault::VmKill,
+    },
+    Scenario {
+        phase: Phase::Idle,
+        fault: Fault::VmKill,
+    },
+    Scenario {
+        phase: Phase::Idle,
+        fault: Fault::VmStop,
+    },
+    Scenario {
+        phase: Phase::Busy,
+        fault: Fault::GuestGarbage,
+    },
+    Scenario {
+        phase: Phase::Drain,
+        fault: Fault::Forge5xx,
+    },
+];
+
+/// Left out of the CI set for time, with the reason; in the long mode's draw.
+const LONG: &[(Scenario, &str)] = &[
+    (
+        Scenario {
+            phase: Phase::Mint,
+            fault: Fault::ForgeDelay,
+        },
+        "waits out the client's 30 s read timeout",
+    ),
+    (
+        Scenario {
+            phase: Phase::Idle,
+            fault: Fault::ForgeDelay,
+        },
+        "waits out the client's 30 s read timeout",
+    ),
+    (
+        Scenario {
+            phase: Phase::Boot,
+            fault: Fault::ForgeOutage,
+        },
+        "slow (about 11 s)",
+    ),
+    (
+        Scenario {
+            phase: Phase::Idle,
+            fault: Fault::ForgeMalformed,
+        },
+        "as mint/forgemalformed, later",
+    ),
+    (
+        Scenario {
+            phase: Phase::Idle,
+            fault: Fault::OrchestratorKill,
+        },
+        "as boot/orchestratorkill, later",
+    ),
+    (
+        Scenario {
+            phase: Phase::Drain,
+            fault: Fault::ForgeOutage,
+        },
+        "slow (about 8 s)",
+    ),
+];
+
+/// Why every scenario in [`GAPS`] fails today (DEVELOPMENT.md "Tests").
+const GAP: &str = "the local forge does not model a runner that vanishes mid-job (GitHub fails the job once it loses the runner, and shows the runner offline): the job stays in progress and its runner busy";
+
+/// Known to fail for [`GAP`]: run only by name (`GHRM_CHAOS_ONLY`), never drawn.
+const GAPS: &[Scenario] = &[
+    Scenario {
+        phase: Phase::Busy,
+        fault: Fault::VmKill,
+    },
+    Scenario {
+        phase: Phase::Busy,
+        fault: Fault::VmStop,
+    },
+    Scenario {
+        phase: Phase::Busy,
+        fault: Fault::LoopKill,
+    },
+    Scenario {
+        phase: Phase::Busy,
+        fault: Fault::OrchestratorKill,
+    },
+    Scenario {
+        phase: Phase::Drain,
+        fault: Fault::VmStop,
+    },
+    Scenario {
+        phase: Phase::Drain,
+        fault: Fault::LoopKill,
+    },
+];
+
+/// splitmix64: a tiny seeded generator, so a printed seed replays a scenario.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn millis(&mut self, max: u64) -> Duration {
+        Duration::from_millis(self.below(max + 1))
+    }
+}
+
+fn mix(seed: u64, i: u64) -> u64 {
+    Rng(seed ^ i.wrapping_mul(0xA076_1D64_78BD_642F)).next()
+}
+
+/// One table row.
+struct Row {
+    name: String,
+    seed: u64,
+    jobs: String,
+    registrations: usize,
+    vms: usize,
+    roots: usize,
+    procs: usize,
+    exit: String,
+    error: String,
+    recover: Duration,
+    problems: Vec<String>,
+}
+
+fn header() {
+    println!(
+        "{:<24} {:>20} {:<16} {:>4} {:>3} {:>5} {:>5} {:<6} {:>8}  error line",
+        "scenario", "seed", "jobs q/ok/fail", "regs", "vms", "roots", "procs", "exit", "recover"
+    );
+}
+
+fn print_row(r: &Row) {
+    println!(
+        "{:<24} {:>20} {:<16} {:>4} {:>3} {:>5} {:>5} {:<6} {:>7.1}s  {}{}",
+        r.name,
+        r.seed,
+        r.jobs,
+        r.registrations,
+        r.vms,
+        r.roots,
+        r.procs,
+        r.exit,
+        r.recover.as_secs_f64(),
+        r.error,
+        if r.problems.is_empty() {
+            String::new()
+        } else {
+            format!("  FAIL: {}", r.problems.join("; "))
+        }
+    );
+}
+
+fn wait(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Result<(), String> {
+    let end = Instant::now() + within;
+    while !cond() {
+        if Instant::now() >= end {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The runner loop's pid (loop 1).
+fn loop_pid(w: &World) -> Option<i32> {
+    w.tagged()
+        .into_iter()
+        .find(|(_, c)| c.contains("/runner ") && c.ends_with("-- 1 "))
+        .map(|(pid, _)| pid)
+}
+
+/// The processes of VM `name`: the stand-in's entrypoint and the runner under it,
+/// found by the VM's directory in their command line or environment, and the loop's
+/// backend child (a VM that hangs at boot is a bare `sleep`).
+fn vm_pids(w: &World, name: &str) -> Vec<i32> {
+    let needle = format!("/vm/{name}/");
+    let lp = loop_pid(w).map(|p| p.to_string());
+    let parent = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().nth(1)?.to_string()))
+    };
+    w.tagged()
+        .into_iter()
+        .filter(|(pid, cmd)| {
+            cmd.contains(&needle)
+                || (lp.is_some() && parent(*pid) == lp && !cmd.contains("/runner "))
+                || std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|e| String::from_utf8_lossy(&e).contains(&needle))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn kill(pid: i32, sig: Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+fn ours(w: &World) -> Vec<ghrm::localforge::Runner> {
+    w.forge
+        .runners()
+        .into_iter()
+        .filter(|r| r.name.starts_with(&format!("{PREFIX}-")))
+        .collect()
+}
+
+/// The job's script: a job the guest can mess with, lasting `secs`.
+fn script(fault: Fault, rng: &mut Rng, secs: u64) -> String {
+    if fault != Fault::GuestGarbage {
+        return format!("sleep {secs}; echo chaos-ok");
+    }
+    let how = match rng.below(3) {
+        0 => r#"head -c 70000 /dev/urandom > "$f"; printf 'A=1\nB="x\0=y' >> "$f""#,
+        1 => r#"mkfifo "$f""#,
+        _ => r#"ln -s /etc/shadow "$f""#,
+    };
+    format!(
+        "{PRELUDE}for x in tkn brk job env; do f=\"$D/$ID.$x\"; rm -f \"$f\"; {how}; done\n\
+         ls -l \"$D\"; sleep {secs}; echo chaos-ok"
+    )
+}
+
+fn run(sc: Scenario, seed: u64) -> Row {
+    let mut rng = Rng(seed);
+    let w = World::new();
+    let busy_secs = 2 + rng.below(3);
+    let mut runner_args = vec!["-u", "root", "--grace", "15", "--boot-timeout", "4"];
+    if sc.fault == Fault::VmStop {
+        runner_args.extend(["--vm-lifetime", "8"]);
+    }
+    let orch_args = ["-n", "1", "-R", "krunvm", "-p", PREFIX, "--reconcile", "1"];
+    let mut problems = vec![];
+    let mut jobs = vec![];
+    // Jobs queued before the start: mint and boot faults hit the first runner.
+    if matches!(
+        sc.phase,
+        Phase::Mint | Phase::Boot | Phase::Busy | Phase::Drain
+    ) {
+        jobs.push(
+            w.forge
+                .queue_job(REPO, &[], &script(sc.fault, &mut rng, busy_secs)),
+        );
+    }
+    if sc.phase == Phase::Boot {
+        std::fs::write(w.state().join("hang"), "1").unwrap();
+    }
+    let forge_fault = |rng: &mut Rng, method: &str, path: &str| match sc.fault {
+        Fault::Forge5xx => {
+            let status = [500, 502, 503][rng.below(3) as usize];
+            let n = 1 + rng.below(3) as u32;
+            w.forge.inject(
+                method,
+                path,
+                n,
+                FaultKind::Status {
+                    status,
+                    retry_after: None,
+                    reset_in: None,
+                    permissions: None,
+                },
+            )
+        }
+        Fault::Forge429After | Fault::Forge429Bare => w.forge.inject(
+            method,
+            path,
+            1 + rng.below(2) as u32,
+            FaultKind::Status {
+                status: 429,
+                retry_after: (sc.fault == Fault::Forge429After).then_some(1 + rng.below(2)),
+                reset_in: None,
+                permissions: None,
+            },
+        ),
+        Fault::ForgeDelay => {
+            w.forge
+                .inject(method, path, 1, FaultKind::Delay(Duration::from_secs(32)))
+        }
+        Fault::ForgeMalformed => {
+            w.forge
+                .inject(method, path, 1 + rng.below(2) as u32, FaultKind::Malformed)
+        }
+        Fault::ForgeOutage => w.forge.outage(Duration::from_secs(3) + rng.millis(3000)),
+        _ => {}
+    };
+    let mut fault_at = Instant::now();
+    if sc.phase == Phase::Mint {
+        forge_fault(&mut rng, "POST", "/generate-jitconfig");
+    }
+    let mut p = w.orchestrator(&orch_args, &runner_args);
+    let mut restarted = None;
+    // The VM a process fault hit: no job queued after the fault may run on it.
+    let mut victim: Option<String> = None;
+    // Its registration was offline when the orchestrator started again.
+    let mut victim_offline = false;
+    let step = (|| -> Result<(), String> {
+        let t = Duration::from_secs(30);
+        match sc.phase {
+            Phase::Mint => std::thread::sleep(rng.millis(500)),
+            Phase::Boot => {
+                wait("a runner minted, its VM booting", t, || {
+                    !ours(&w).is_empty() && !w.vms().is_empty()
+                })?;
+                std::thread::sleep(rng.millis(1000));
+            }
+            Phase::Idle => {
+                wait("an idle runner online", t, || {
+                    ours(&w).iter().any(|r| r.status == "online")
+                })?;
+                std::thread::sleep(rng.millis(1000));
+            }
+            Phase::Busy | Phase::Drain => {
+                wait("a busy runner", t, || ours(&w).iter().any(|r| r.busy))?;
+                std::thread::sleep(rng.millis(1000));
+            }
+        }
+        fault_at = Instant::now();
+        if sc.phase == Phase::Drain {
+            forge_fault(&mut rng, "DELETE", "/actions/runners/");
+            p.signal(Signal::SIGTERM);
+        } else if sc.phase != Phase::Mint {
+            forge_fault(&mut rng, "POST", "/generate-jitconfig");
+        }
+        let vm = w.vms().into_iter().next();
+        if matches!(
+            sc.fault,
+            Fault::VmKill | Fault::VmStop | Fault::LoopKill | Fault::OrchestratorKill
+        ) {
+            victim = vm.clone();
+        }
+        match sc.fault {
+            Fault::VmKill | Fault::VmStop => {
+                let vm = vm.ok_or("no VM to stop or kill")?;
+                let pids = vm_pids(&w, &vm);
+                if pids.is_empty() {
+                    return Err(format!("no process of VM {vm}"));
+                }
+                let sig = if sc.fault == Fault::VmKill {
+                    Signal::SIGKILL
+                } else {
+                    Signal::SIGSTOP
+                };
+                pids.iter().for_each(|p| kill(*p, sig));
+            }
+            Fault::LoopKill => kill(loop_pid(&w).ok_or("no runner loop")?, Signal::SIGKILL),
+            Fault::OrchestratorKill => {
+                let lp = loop_pid(&w).ok_or("no runner loop")?;
+                kill(lp, Signal::SIGKILL);
+                p.signal(Signal::SIGKILL);
+                let left = w.wait_no_processes(Duration::from_secs(20));
+                if !left.is_empty() {
+                    return Err(format!("survivors of SIGKILL: {left:?}"));
+                }
+                victim_offline = ours(&w)
+                    .iter()
+                    .any(|r| Some(&r.name) == vm.as_ref() && r.status == "offline");
+                restarted = Some(w.orchestrator(&orch_args, &runner_args));
+            }
+            _ => {}
+        }
+        Ok(())
+    })();
+    if let Err(e) = step {
+        problems.push(e);
+    }
+    if let Some(r) = restarted.take() {
+        p = r;
+    }
+    // Two more jobs after the fault: the loop must still take work, and mint again.
+    let mut after = vec![];
+    if sc.phase != Phase::Drain {
+        for _ in 0..2 {
+            let s = script(Fault::Forge5xx, &mut rng, 0);
+            after.push(w.forge.queue_job(REPO, &[], &s));
+        }
+    }
+    jobs.extend(&after);
+    let done = |w: &World| {
+        w.forge
+            .jobs()
+            .iter()
+            .all(|j| j.status == JobStatus::Completed)
+    };
+    let mut recover = Duration::ZERO;
+    if sc.phase != Phase::Drain {
+        let within = Duration::from_secs(if sc.fault == Fault::ForgeDelay {
+            90
+        } else {
+            45
+        });
+        match wait("every job completed", within, || done(&w)) {
+            Ok(()) => recover = fault_at.elapsed(),
+            Err(e) => problems.push(e),
+        }
+        p.signal(Signal::SIGTERM);
+    }
+    let exit = match wait_exit(&mut p, Duration::from_secs(60)) {
+        Some(st) => st.code().map_or_else(|| format!("{st}"), |c| c.to_string()),
+        None => {
+            problems.push("the orchestrator did not exit within 60 s of SIGTERM".into());
+            "hung".into()
+        }
+    };
+    if sc.phase == Phase::Drain {
+        recover = fault_at.elapsed();
+    }
+    if exit != "0" {
+        problems.push(format!("exit {exit}"));
+    }
+    let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+    let error = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("ERROR") || l.starts_with("error"))
+        .map(|l| l.chars().take(90).collect::<String>())
+        .unwrap_or_else(|| "-".into());
+    // Jobs: queued = completed exactly once (ok or reported failed); none lost, none twice.
+    let all = w.forge.jobs();
+    let (mut ok, mut failed) = (0, 0);
+    for j in &all {
+        match (j.status, j.claims, j.exit_code) {
+            (JobStatus::Completed, 1, Some(0)) => ok += 1,
+            (JobStatus::Completed, 1, _) => failed += 1,
+            _ => problems.push(format!(
+                "job {} {:?} claimed {} times (exit {:?})",
+                j.id, j.status, j.claims, j.exit_code
+            )),
+        }
+        if j.status == JobStatus::Completed
+            && j.exit_code == Some(0)
+            && !j.output.contains("chaos-ok")
+        {
+            problems.push(format!("job {} output: {}", j.id, j.output));
+        }
+    }
+    if let Some(v) = &victim {
+        for j in all.iter().filter(|j| after.contains(&j.id)) {
+            if j.runner_name.as_deref() == Some(v.as_str()) {
+                problems.push(format!("job {} ran on {v}, the VM the fault hit", j.id));
+            }
+        }
+    }
+    // A forge fault that no request met proves nothing.
+    let seen = |ok: &dyn Fn(&ghrm::localforge::Request) -> bool| w.forge.requests().iter().any(ok);
+    let met = match sc.fault {
+        Fault::Forge5xx => seen(&|r| [500, 502, 503].contains(&r.status)),
+        Fault::Forge429After | Fault::Forge429Bare => seen(&|r| r.status == 429),
+        Fault::ForgeOutage => seen(&|r| r.status == 503),
+        Fault::ForgeMalformed => {
+            seen(&|r| r.path.ends_with("/generate-jitconfig") && r.status == 200)
+        }
+        _ => true,
+    };
+    if !met {
+        problems.push("no request met the forge fault".into());
+    }
+    let regs = ours(&w);
+    if !regs.is_empty() {
+        problems.push(format!(
+            "registrations left: {:?}",
+            regs.iter()
+                .map(|r| (&r.name, &r.status, r.busy))
+                .collect::<Vec<_>>()
+        ));
+    }
+    let procs = w.wait_no_processes(Duration::from_secs(10));
+    let (vms, roots) = (w.vms(), w.env_roots());
+    if !vms.is_empty() || !roots.is_empty() || !procs.is_empty() {
+        problems.push(format!(
+            "left: VMs {vms:?}, roots {roots:?}, processes {procs:?}"
+        ));
+    }
+    // The expected finding of issue 13: a runner minted just before its loop died is
+    // removed by the next orchestrator at start, before its first loop runs. (One the
+    // forge still shows online is not deleted at start, by design: it goes by the
+    // exit's last pass, or once GitHub shows it offline; `regs` checks that.)
+    if let (Fault::OrchestratorKill, Some(v), true) = (sc.fault, &victim, victim_offline) {
+        let deleted = log.find(&format!("deleted stale runner registration {v}"));
+        let started = log.find("loop 1 started");
+        if !matches!((deleted, started), (Some(d), Some(s)) if d < s) {
+            problems.push(format!(
+                "the restarted orchestrator did not remove {v} at start"
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        eprintln!("----- {} (seed {seed}) -----\n{log}", sc.name());
+    }
+    Row {
+        name: sc.name(),
+        seed,
+        jobs: format!("{}/{ok}/{failed}", jobs.len()),
+        registrations: regs.len(),
+        vms: vms.len(),
+        roots: roots.len(),
+        procs: procs.len(),
+        exit,
+        error,
+        recover,
+        problems,
+    }
+}
+
+fn wait_exit(p: &mut crate::common::Proc, within: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + within;
+    loop {
+        if let Ok(Some(st)) = p.child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn catalogue() -> Vec<Scenario> {
+    CI.iter()
+        .copied()
+        .chain(LONG.iter().map(|(s, _)| *s))
+        .collect()
+}
+
+/// Every scenario of the chosen set, one table row each; fails on any leak or loss.
+#[test]
+fn chaos_suite() {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let base: u64 =
+        var("GHRM_CHAOS_SEED").map_or(13, |s| s.parse().expect("GHRM_CHAOS_SEED: a number"));
+    let plan: Vec<(Scenario, u64)> = if let Some(only) = var("GHRM_CHAOS_ONLY") {
+        let sc = catalogue()
+            .into_iter()
+            .chain(GAPS.iter().copied())
+            .find(|s| s.name() == only)
+            .unwrap_or_else(|| panic!("GHRM_CHAOS_ONLY: no scenario {only}"));
+        if GAPS.iter().any(|g| g.name() == sc.name()) {
+            println!("chaos: {only} is a known gap: {GAP}");
+        }
+        vec![(sc, base)]
+    } else if let Some(n) = var("GHRM_CHAOS_ROUNDS") {
+        let n: u64 = n.parse().expect("GHRM_CHAOS_ROUNDS: a number");
+        let cat = catalogue();
+        (0..n)
+            .map(|i| {
+                let seed = if i == 0 { base } else { mix(base, i) };
+                (cat[Rng(seed).below(cat.len() as u64) as usize], seed)
+            })
+            .collect()
+    } else {
+        CI.iter()
+            .enumerate()
+            .map(|(i, s)| (*s, mix(base, i as u64)))
+            .collect()
+    };
+    println!("chaos: base seed {base}, {} scenarios", plan.len());
+    header();
+    let t0 = Instant::now();
+    let mut failed = vec![];
+    for (sc, seed) in plan {
+        let row = run(sc, seed);
+        print_row(&row);
+        if !row.problems.is_empty() {
+            failed.push(format!(
+                "{} (replay: GHRM_CHAOS_ONLY={} GHRM_CHAOS_SEED={seed} scripts/chaos.sh): {}",
+                row.name,
+                row.name,
+                row.problems.join("; ")
+            ));
+        }
+    }
+    println!("chaos: {:.0}s in all", t0.elapsed().as_secs_f64());
+    assert!(
+        failed.is_empty(),
+        "chaos scenarios failed:\n{}",
+        failed.join("\n")
+    );
+}
