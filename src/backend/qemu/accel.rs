@@ -133,9 +133,11 @@ pub fn kvm_remembered(binary: &Path, kernel: &Path) -> Option<bool> {
     cached(&kvm_cache(), &key).map(|v| v == "kvm")
 }
 
-/// Where the KVM probe's answers are remembered.
+/// Where the KVM probe's answers are remembered. `kvm-probe` (without `-2`) holds
+/// answers of the probe before its guest had a console, which failed wherever it
+/// ran: never read, so a host that cached a false "tcg" probes again.
 pub fn kvm_cache() -> std::path::PathBuf {
-    crate::types::paths::cache_dir().join("kvm-probe")
+    crate::types::paths::cache_dir().join("kvm-probe-2")
 }
 
 /// `ghrm.probe=1`: the guest powers off as soon as its init runs.
