@@ -26,7 +26,11 @@ pub const GUEST_MODULES: &[&str] = &[
     "9p",
     "evdev",
     "button",
+    "virtio_console",
 ];
+/// Of [`GUEST_MODULES`], those a kernel may lack: without `virtio_console` (the
+/// snapshot templates' resume port) a bundle's VMs boot cold, nothing else is lost.
+pub const OPTIONAL_MODULES: &[&str] = &["virtio_console"];
 /// Modules a root-disk bundle adds, for its root and scratch disks.
 pub const DISK_MODULES: &[&str] = &["virtio_blk", "crc32c_generic", "ext4"];
 

@@ -10,6 +10,7 @@
 //! | `ghrm.root=LABEL`    | stage 1: the root disk is the ext4 file system LABEL        |
 //! | `ghrm.init=PATH`     | stage 1: the image's entrypoint, run in the new root        |
 //! | `ghrm.exec=PATH`     | `-D`: PID 1 sets up, then executes PATH (the dev entrypoint)|
+//! | `ghrm.wait=1`        | a snapshot template: wait to be restored ([`crate::resume`])|
 //!
 //! Only the words before a lone `--` count: the kernel hands what follows to init as
 //! its arguments. A value is one word of printable ASCII without quotes or
@@ -39,11 +40,13 @@ pub enum Key {
     Init,
     /// `ghrm.exec=PATH`.
     Exec,
+    /// `ghrm.wait=1`.
+    Wait,
 }
 
 impl Key {
     /// All keys, in the order [`Cmdline::render`] writes them.
-    pub const ALL: [Key; 7] = [
+    pub const ALL: [Key; 8] = [
         Key::Probe,
         Key::Net,
         Key::Dns,
@@ -51,6 +54,7 @@ impl Key {
         Key::Root,
         Key::Init,
         Key::Exec,
+        Key::Wait,
     ];
 
     /// The name after [`PREFIX`].
@@ -63,6 +67,7 @@ impl Key {
             Key::Root => "root",
             Key::Init => "init",
             Key::Exec => "exec",
+            Key::Wait => "wait",
         }
     }
 
@@ -126,6 +131,8 @@ pub struct Cmdline {
     pub init: Option<String>,
     /// `ghrm.exec=`: the dev entrypoint.
     pub exec: Option<String>,
+    /// `ghrm.wait=1`: a snapshot template's boot; wait to be restored.
+    pub wait: bool,
 }
 
 /// Is `value` safe as the value of a kernel command-line word?
@@ -217,6 +224,7 @@ impl Cmdline {
                 Some(Key::Root) => first(&mut c.root),
                 Some(Key::Init) => first(&mut c.init),
                 Some(Key::Exec) => first(&mut c.exec),
+                Some(Key::Wait) => c.wait |= v == "1",
                 None => {}
             }
         }
@@ -262,8 +270,22 @@ impl Cmdline {
                 word(key, v)?;
             }
         }
+        if self.wait {
+            word(Key::Wait, "1")?;
+        }
         Ok(words.join(" "))
     }
+}
+
+/// The arguments the kernel hands init: the words after the first lone [`END`]
+/// (every one a single safe word when [`kernel_line`] made the line).
+pub fn init_args(cmdline: &str) -> Vec<String> {
+    cmdline
+        .split_whitespace()
+        .skip_while(|w| *w != END)
+        .skip(1)
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]
@@ -301,6 +323,7 @@ mod tests {
             root: Some("ghrm-root".into()),
             init: Some("/opt/gh-runner-microvm/bin/entrypoint".into()),
             exec: Some("/dev-share/entrypoint".into()),
+            wait: true,
         }
     }
 
@@ -310,7 +333,7 @@ mod tests {
             full().render().unwrap(),
             "ghrm.net=1 ghrm.dns=1.1.1.1 ghrm.mount=env:/_environment ghrm.mount=m0:/cache:x \
              ghrm.root=ghrm-root ghrm.init=/opt/gh-runner-microvm/bin/entrypoint \
-             ghrm.exec=/dev-share/entrypoint"
+             ghrm.exec=/dev-share/entrypoint ghrm.wait=1"
         );
         let probe = Cmdline {
             probe: true,
@@ -474,7 +497,12 @@ mod tests {
 
         fn cmdline() -> impl Strategy<Value = Cmdline> {
             (
-                (any::<bool>(), any::<bool>(), proptest::option::of(value())),
+                (
+                    any::<bool>(),
+                    any::<bool>(),
+                    proptest::option::of(value()),
+                    any::<bool>(),
+                ),
                 proptest::collection::vec((value(), value()), 0..3),
                 (
                     proptest::option::of(value()),
@@ -482,17 +510,20 @@ mod tests {
                     proptest::option::of(value()),
                 ),
             )
-                .prop_map(|((probe, net, dns), mounts, (root, init, exec))| Cmdline {
-                    probe,
-                    net,
-                    dns,
-                    mounts: mounts
-                        .into_iter()
-                        .map(|(tag, path)| Share { tag, path })
-                        .collect(),
-                    root,
-                    init,
-                    exec,
+                .prop_map(|((probe, net, dns, wait), mounts, (root, init, exec))| {
+                    Cmdline {
+                        probe,
+                        net,
+                        dns,
+                        mounts: mounts
+                            .into_iter()
+                            .map(|(tag, path)| Share { tag, path })
+                            .collect(),
+                        root,
+                        init,
+                        exec,
+                        wait,
+                    }
                 })
         }
 
@@ -513,7 +544,7 @@ mod tests {
                 let words = kernel_words(&line);
                 let n_ghrm = c.probe as usize + c.net as usize + c.dns.is_some() as usize
                     + c.mounts.len() + c.root.is_some() as usize + c.init.is_some() as usize
-                    + c.exec.is_some() as usize;
+                    + c.exec.is_some() as usize + c.wait as usize;
                 let mut expected: Vec<Vec<u8>> =
                     head.split(' ').map(|w| w.as_bytes().to_vec()).collect();
                 expected.extend(
@@ -525,6 +556,7 @@ mod tests {
                 prop_assert_eq!(words.len(), 2 + n_ghrm + 1 + args.len(), "{}", line);
                 prop_assert_eq!(cmdline_keys(&line).len(), n_ghrm, "{}", line);
                 prop_assert_eq!(Cmdline::parse(&line).unwrap(), c, "{}", line);
+                prop_assert_eq!(init_args(&line), args, "{}", line);
             }
 
             /// What is refused is refused for a reason: an unsafe value or a tag with `:`.

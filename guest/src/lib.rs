@@ -4,7 +4,8 @@
 //! Shared by the host (`runner`, `orchestrator`) and the guest (`entrypoint`): the
 //! loop directory's files (here, [`envfile`], [`safefs`], [`secret`]), the kernel
 //! command line ([`cmdline`]), the console marker ([`console`]), the exit statuses
-//! ([`exit`]), and the layout of QEMU bundles ([`bundle`]).
+//! ([`exit`]), the layout of QEMU bundles ([`bundle`]), and the message that wakes a
+//! guest restored from a snapshot template ([`resume`]).
 //!
 //! The contract (design.md §3) is a handful of files in one directory per runner
 //! loop, seen by the guest as `/_environment`:
@@ -24,6 +25,7 @@ pub mod cmdline;
 pub mod console;
 pub mod envfile;
 pub mod exit;
+pub mod resume;
 pub mod safefs;
 pub mod secret;
 pub mod version;

@@ -67,10 +67,13 @@ pub enum BackendError {
         std::path::PathBuf,
         #[source] protocol::cmdline::CmdlineError,
     ),
-    /// The image is not a usable QEMU bundle; the cause follows.
     /// The guest network could not be set up.
     #[error("guest network: {0}")]
     Network(#[from] crate::guestnet::sandbox::SandboxError),
+    /// `--start snapshot`: no snapshot template could be made.
+    #[error("--start snapshot: {0} (--start auto boots cold instead)")]
+    Snapshot(String),
+    /// The image is not a usable QEMU bundle; the cause follows.
     #[error("-i {0}: not a usable QEMU bundle")]
     Bundle(std::path::PathBuf, #[source] crate::image::ImageError),
 }
@@ -93,11 +96,13 @@ pub trait Hypervisor: std::fmt::Debug {
     fn command(&self, spec: &VmSpec) -> Result<std::process::Command, BackendError>;
 
     /// Start the VM's process (from [`Hypervisor::command`]); a backend that sets
-    /// up more around it (QEMU: the guest network) overrides this.
-    fn start(&self, spec: &VmSpec) -> Result<Child, BackendError> {
-        let cmd = self.command(spec)?;
-        let program = cmd.get_program().to_string_lossy().into_owned();
-        hosttool::spawn_async(cmd).map_err(|e| spawn_error(&program, e))
+    /// up more around it (QEMU: the guest network, a snapshot restore) overrides this.
+    fn start<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Child, BackendError>> {
+        Box::pin(async move {
+            let cmd = self.command(spec)?;
+            let program = cmd.get_program().to_string_lossy().into_owned();
+            hosttool::spawn_async(cmd).map_err(|e| spawn_error(&program, e))
+        })
     }
 
     /// After the VM's process group was killed: whatever else keeps it alive.
@@ -205,8 +210,8 @@ impl Backend {
     }
 
     /// Start the VM; the returned child lives as long as the VM.
-    pub fn start(&self, spec: &VmSpec) -> Result<Child, BackendError> {
-        self.0.start(spec)
+    pub async fn start(&self, spec: &VmSpec) -> Result<Child, BackendError> {
+        self.0.start(spec).await
     }
 
     /// What the backend process's exit status says: (success, description).

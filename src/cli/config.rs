@@ -282,6 +282,7 @@ pub fn runner_config(
         policy,
         kernel: o.kernel.clone(),
         scratch: o.scratch_size,
+        start: o.start,
     };
     Ok(RunnerConfig {
         registrations: o.registrations,

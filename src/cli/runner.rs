@@ -259,6 +259,18 @@ pub struct RunnerOpts {
         value_enum
     )]
     pub accel: crate::backend::qemu::Accel,
+    /// QEMU: how VMs start. snapshot: restored from a memory-snapshot template
+    /// (one cold boot per bundle and VM shape makes it, kept in
+    /// ~/.cache/gh-runner-microvm/templates/; ~100 MB each) in a fraction of a cold
+    /// boot; cold: every VM boots its kernel; auto: snapshot where it works, else
+    /// cold with one warning.
+    #[arg(
+        long = "start",
+        env = "RUNNER_START",
+        default_value = "auto",
+        value_enum
+    )]
+    pub start: crate::backend::qemu::StartMode,
     /// QEMU: the guest's network. internet: the internet and nothing of this host
     /// (not its loopback, its addresses, its LAN or metadata services; needs
     /// slirp4netns and nftables); restricted: only --net-forward targets; user:

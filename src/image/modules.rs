@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::cpio::Cpio;
-use protocol::bundle::MODULE_LIST;
+use protocol::bundle::{MODULE_LIST, OPTIONAL_MODULES};
 
 use super::{bad, unreadable, ImageError};
 
@@ -154,6 +154,8 @@ pub fn resolve_modules(root: &Path, wanted: &[&str]) -> Result<Vec<String>, Imag
         match by_name.get(w) {
             Some((path, _)) => visit(&path.clone(), &by_name, &mut seen, &mut order),
             None if builtin.contains(w) => {}
+            // Snapshot templates only (`--start`): a kernel without it boots cold.
+            None if OPTIONAL_MODULES.contains(&w) => {}
             None => {
                 let why = match w {
                     "virtio_mmio" => "virtio devices on QEMU microvm",

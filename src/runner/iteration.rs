@@ -163,14 +163,15 @@ impl Loop {
             let why = format!("cannot create VM {name}: {}", chain(&e));
             return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
         }
-        let mut child = match self.backend.start(spec) {
+        // From here the VM is starting: a snapshot restore's hand-over counts.
+        let started = Instant::now();
+        let mut child = match self.backend.start(spec).await {
             Ok(c) => c,
             Err(e) => {
                 let why = format!("cannot start VM {name}: {}", chain(&e));
                 return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
             }
         };
-        let started = Instant::now();
         let turnaround_ms = self
             .last_exit
             .take()

@@ -12,14 +12,39 @@ use super::net::NetMode;
 use super::{BackendError, Qemu};
 use crate::types::vm::VmSpec;
 
+/// How a VM's QEMU starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Boot {
+    /// Booted from its kernel, with its own command line.
+    Cold,
+    /// A snapshot template: booted to wait (`ghrm.wait=1`) with no network
+    /// (`restrict=on`), nothing per-VM on its command line, and the resume port.
+    Template,
+    /// Restored from a template (`-incoming`), with the template's devices and
+    /// command line; its own comes over the resume port.
+    Restore,
+}
+
+/// The file descriptor a restored QEMU reads its template from (`-incoming fd:`).
+pub(super) const INCOMING_FD: i32 = 64;
+
+/// The two kernel command lines of a VM.
+pub(super) struct Lines {
+    /// What it is cold-booted with (and what a restore sends it).
+    pub cold: String,
+    /// What its template is booted with: the same less everything per-VM.
+    pub template: String,
+}
+
 impl Qemu {
     /// The VM's process: QEMU with its argv, its own messages in `qemu.log` (the
     /// guest's console goes to `console.log` beside it).
     pub(super) fn qemu_command(
         &self,
         spec: &VmSpec,
+        boot: Boot,
     ) -> Result<std::process::Command, BackendError> {
-        let (program, args) = self.argv(spec)?;
+        let (program, args) = self.argv(spec, boot)?;
         let mut cmd = crate::hosttool::command(program);
         cmd.args(args);
         let log = self.console_path(&spec.name).with_file_name("qemu.log");
@@ -30,7 +55,11 @@ impl Qemu {
     }
 
     /// The argv of the VM.
-    fn argv(&self, spec: &VmSpec) -> Result<(PathBuf, Vec<String>), BackendError> {
+    pub(super) fn argv(
+        &self,
+        spec: &VmSpec,
+        boot: Boot,
+    ) -> Result<(PathBuf, Vec<String>), BackendError> {
         let (kernel, initrd, root) = self.bundle(Path::new(&spec.image))?;
         let d = self.dir(&spec.name);
         let mut a: Vec<String> = vec![];
@@ -166,8 +195,11 @@ impl Qemu {
             ghrm.exec = Some(spec.entrypoint.clone());
         }
         // Every value and init argument one word: none can add another.
-        let cmdline = cmdline::kernel_line(&cmdline, &ghrm, &spec.args)
-            .map_err(|e| BackendError::Cmdline(spec.image.clone().into(), e))?;
+        let cmdline = self.lines(spec, &cmdline, &ghrm)?;
+        let cmdline = match boot {
+            Boot::Cold => cmdline.cold,
+            Boot::Template | Boot::Restore => cmdline.template,
+        };
         // x86 kernels cut the command line at 2048 bytes; in -I mode the guest's
         // configuration (JIT config included) travels on it.
         if cmdline.len() >= 2048 {
@@ -181,7 +213,7 @@ impl Qemu {
             ));
         }
         let mut netdev = "user,id=n0".to_string();
-        if self.cfg.net == NetMode::Restricted {
+        if self.cfg.net == NetMode::Restricted || boot == Boot::Template {
             netdev.push_str(",restrict=on");
         }
         for (i, f) in self.cfg.forwards.iter().enumerate() {
@@ -197,6 +229,25 @@ impl Qemu {
         }
         push(&["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0"]);
         push(&["-device", exit::DEBUG_EXIT_DEVICE]);
+        if boot != Boot::Cold {
+            push(&[
+                "-device",
+                "virtio-serial-device",
+                "-chardev",
+                &format!(
+                    "socket,id=ctl,path={},server=on,wait=off",
+                    qemu_escape(&d.join("ctl.sock").display().to_string())
+                ),
+                "-device",
+                &format!(
+                    "virtserialport,chardev=ctl,name={}",
+                    protocol::resume::PORT_NAME
+                ),
+            ]);
+        }
+        if boot == Boot::Restore {
+            push(&["-incoming", &format!("fd:{INCOMING_FD}")]);
+        }
         push(&[
             "-serial",
             &format!(
@@ -213,6 +264,36 @@ impl Qemu {
         ]);
         push(&["-append", &cmdline]);
         Ok((self.binary.clone(), a))
+    }
+}
+
+impl Qemu {
+    /// The VM's kernel command lines: `head` (the kernel's own words), then the
+    /// `ghrm.*` words of `ghrm` and the init arguments when cold; only those
+    /// every VM of the loop shares, and `ghrm.wait=1`, for its template.
+    fn lines(&self, spec: &VmSpec, head: &str, ghrm: &Cmdline) -> Result<Lines, BackendError> {
+        let bad = |e| BackendError::Cmdline(spec.image.clone().into(), e);
+        let cold = cmdline::kernel_line(head, ghrm, &spec.args).map_err(bad)?;
+        let shared = Cmdline {
+            net: ghrm.net,
+            dns: ghrm.dns.clone(),
+            root: ghrm.root.clone(),
+            init: ghrm.init.clone(),
+            wait: true,
+            ..Cmdline::default()
+        };
+        let template = cmdline::kernel_line(head, &shared, &[]).map_err(bad)?;
+        Ok(Lines { cold, template })
+    }
+
+    /// The command line a VM restored from its template is sent (its cold one).
+    pub(super) fn resume_line(&self, spec: &VmSpec) -> Result<String, BackendError> {
+        let (_, args) = self.argv(spec, Boot::Cold)?;
+        args.iter()
+            .position(|a| a == "-append")
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .ok_or_else(|| BackendError::Image(spec.image.clone().into(), "no -append".into()))
     }
 }
 

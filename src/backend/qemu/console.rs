@@ -12,7 +12,7 @@ use super::Qemu;
 const READ_AT_MOST: u64 = 256 << 10;
 
 /// The first (`from_end`: last) [`READ_AT_MOST`] bytes of a file.
-fn read_bounded(path: &Path, from_end: bool) -> Option<Vec<u8>> {
+pub(super) fn read_bounded(path: &Path, from_end: bool) -> Option<Vec<u8>> {
     let mut f = std::fs::File::open(path).ok()?;
     if from_end {
         let len = f.metadata().ok()?.len();

@@ -14,6 +14,7 @@ pub mod keep;
 mod net;
 mod qmp;
 mod scratch;
+mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub use accel::{kvm_cache, kvm_remembered, probe_boot, Accel};
 use net::VmNet;
 pub use net::{net_connect, Forward, NetMode};
 pub use scratch::scratch_root;
+pub use snapshot::{templates_dir, StartMode};
 
 use protocol::exit::{self, QemuExit};
 
@@ -52,6 +54,8 @@ pub struct QemuConfig {
     pub kernel: Option<PathBuf>,
     /// Bytes of the per-VM scratch disk of root-disk bundles (0: none).
     pub scratch: u64,
+    /// Cold boots or restores from a memory-snapshot template.
+    pub start: StartMode,
 }
 
 impl Default for QemuConfig {
@@ -63,6 +67,7 @@ impl Default for QemuConfig {
             policy: Default::default(),
             kernel: None,
             scratch: 16 << 30,
+            start: StartMode::Auto,
         }
     }
 }
@@ -82,6 +87,8 @@ pub struct Qemu {
     tools: Option<crate::guestnet::sandbox::Tools>,
     /// The network side of each running VM: its connector and forward proxies.
     nets: std::sync::Mutex<std::collections::HashMap<String, VmNet>>,
+    /// Snapshot templates: which VMs are restored, and whether this loop stopped trying.
+    templates: std::sync::Mutex<snapshot::Templates>,
 }
 
 /// Guest-visible virtio-mmio devices are limited on microvm.
@@ -159,6 +166,7 @@ impl Qemu {
             helper,
             tools,
             nets: Default::default(),
+            templates: Default::default(),
         })
     }
 
@@ -259,15 +267,21 @@ impl Hypervisor for Qemu {
     }
 
     fn create<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move { self.create_dir(spec) })
+        Box::pin(async move {
+            self.create_dir(spec)?;
+            self.plan_start(spec).await
+        })
     }
 
     fn command(&self, spec: &VmSpec) -> Result<std::process::Command, BackendError> {
-        self.qemu_command(spec)
+        self.qemu_command(spec, cmdline::Boot::Cold)
     }
 
-    fn start(&self, spec: &VmSpec) -> Result<tokio::process::Child, BackendError> {
-        self.spawn_with_net(&spec.name, self.qemu_command(spec)?)
+    fn start<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+    ) -> BoxFuture<'a, Result<tokio::process::Child, BackendError>> {
+        Box::pin(self.start_vm(spec))
     }
 
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {

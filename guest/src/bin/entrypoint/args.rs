@@ -26,15 +26,20 @@ as the configured user, writes TKN_FILE when the runner is up, and stops it when
 TKN_FILE's .trm sibling carries the secret or on SIGINT/SIGTERM (then writes .brk).
 COMMAND replaces the runner's bin/Runner.Listener.";
 
-/// Parse our arguments; `-h` prints the usage and exits 0.
-pub fn parse_args() -> Result<Args, String> {
+/// Parse our arguments (`given`, or else our own argv); `-h` prints the usage and
+/// exits 0. A guest restored from a snapshot template is given its arguments by
+/// the host's resume message, as its argv is the template's.
+pub fn parse_args(given: Option<Vec<String>>) -> Result<Args, String> {
     let mut a = Args {
         env: None,
         tkn: None,
         inline: vec![],
         command: vec![],
     };
-    let mut it = std::env::args().skip(1);
+    let mut it: Box<dyn Iterator<Item = String>> = match given {
+        Some(v) => Box::new(v.into_iter()),
+        None => Box::new(std::env::args().skip(1)),
+    };
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match arg.as_str() {

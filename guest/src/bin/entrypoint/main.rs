@@ -83,8 +83,8 @@ impl Failure {
     }
 }
 
-fn run(buttons: Vec<std::os::fd::OwnedFd>) -> Result<u8, Failure> {
-    let args = args::parse_args().map_err(Failure::Usage)?;
+fn run(buttons: Vec<std::os::fd::OwnedFd>, given: Option<Vec<String>>) -> Result<u8, Failure> {
+    let args = args::parse_args(given).map_err(Failure::Usage)?;
     let signals = supervisor::block_signals()?;
 
     let cfg = setup::load_config(&args).map_err(Failure::Setup)?;
@@ -126,16 +126,19 @@ fn main() -> ExitCode {
     // As PID 1 of an initramfs guest (QEMU), do init's work first and never exit:
     // PID 1 exiting panics the kernel. Otherwise just reap the job's orphans.
     let pid1 = std::process::id() == 1;
-    let buttons = if pid1 {
+    let booted = if pid1 {
         init::boot()
     } else {
         // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes no pointers.
         unsafe {
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
         }
-        vec![]
+        init::Booted {
+            buttons: vec![],
+            args: None,
+        }
     };
-    let code = match run(buttons) {
+    let code = match run(booted.buttons, booted.args) {
         Ok(code) => code,
         Err(e) => {
             log!("error: {e}");

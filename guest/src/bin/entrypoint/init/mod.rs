@@ -4,12 +4,14 @@
 //! It reads the `ghrm.*` words of the kernel command line ([`protocol::cmdline`]):
 //! the 9p shares to mount, whether to configure eth0 and which nameserver to use,
 //! a KVM probe boot, the dev entrypoint to become, and stage 1 of a root-disk bundle
-//! ([`stage1`]). The exit status reaches the host through QEMU's isa-debug-exit port.
+//! ([`stage1`]), and a snapshot template's wait to be restored ([`resume`]). The exit
+//! status reaches the host through QEMU's isa-debug-exit port.
 //!
 //! Everything is idempotent: under an init that already did part of it (libkrun),
 //! `EBUSY` mounts and missing keys are skipped.
 
 mod net;
+mod resume;
 mod stage1;
 
 use std::fs::File;
@@ -32,12 +34,23 @@ struct Init {
     cmdline: Cmdline,
     /// Lines of what was done, for the console.
     notes: Vec<String>,
+    /// After a restore: the command line the host sent, and our arguments from it.
+    resumed: Option<(String, Vec<String>)>,
+}
+
+/// What PID 1's set-up hands the entrypoint.
+pub struct Booted {
+    /// The power-button devices, for the supervisor.
+    pub buttons: Vec<OwnedFd>,
+    /// Our arguments when a restore gave them (else our argv).
+    pub args: Option<Vec<String>>,
 }
 
 /// As PID 1: stage 1 of a root-disk bundle when wanted (never returns then), else the
 /// PID-1 set-up, a probe boot's power-off, or the `-D` dev entrypoint. Returns the
-/// power-button devices for the supervisor; a failed set-up powers off.
-pub fn boot() -> Vec<OwnedFd> {
+/// power-button devices for the supervisor (and the arguments a restore gave); a
+/// failed set-up powers off.
+pub fn boot() -> Booted {
     stage1::run_if_wanted();
     match setup() {
         Ok(init) => {
@@ -54,15 +67,20 @@ pub fn boot() -> Vec<OwnedFd> {
             if let Some(path) = &init.cmdline.exec {
                 if std::env::var_os("GHRM_EXECED").is_none() {
                     log!("init: running {path} from the dev share");
-                    let err = Command::new(path)
-                        .args(std::env::args_os().skip(1))
-                        .env("GHRM_EXECED", "1")
-                        .exec();
+                    let mut cmd = Command::new(path);
+                    match &init.resumed {
+                        Some((line, args)) => cmd.args(args).env(resume::CMDLINE_VAR, line),
+                        None => cmd.args(std::env::args_os().skip(1)),
+                    };
+                    let err = cmd.env("GHRM_EXECED", "1").exec();
                     log!("error: cannot run {path}: {err}");
                     power_off(exit::NOT_FOUND);
                 }
             }
-            init.power_button
+            Booted {
+                buttons: init.power_button,
+                args: init.resumed.map(|(_, args)| args),
+            }
         }
         Err(e) => {
             log!("error: init: {e}");
@@ -182,8 +200,17 @@ fn setup() -> Result<Init, String> {
         };
     }
     load_modules(&mut init.notes)?;
-    init.cmdline = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default())
-        .map_err(|e| e.to_string())?;
+    let (line, given) = kernel_cmdline();
+    init.cmdline = Cmdline::parse(&line).map_err(|e| e.to_string())?;
+    if given {
+        init.resumed = Some((line.clone(), protocol::cmdline::init_args(&line)));
+    } else if init.cmdline.wait {
+        // A snapshot template: saved here, before anything per-VM; restored, it goes
+        // on with the command line the host sent.
+        let line = resume::wait()?;
+        init.cmdline = Cmdline::parse(&line).map_err(|e| e.to_string())?;
+        init.resumed = Some((line.clone(), protocol::cmdline::init_args(&line)));
+    }
     if init.cmdline.net {
         net::network(init.cmdline.dns(), &mut init.notes)?;
     }
@@ -199,6 +226,21 @@ fn setup() -> Result<Init, String> {
     }
     init.power_button = power_button();
     Ok(init)
+}
+
+/// The kernel command line to follow: the one a restore gave, when an entrypoint
+/// before us handed it on ([`resume::CMDLINE_VAR`], then removed from our
+/// environment: nothing we start inherits it), else `/proc/cmdline`. True when given.
+fn kernel_cmdline() -> (String, bool) {
+    if let Some(line) = std::env::var_os(resume::CMDLINE_VAR) {
+        // SAFETY: PID 1 is single-threaded here.
+        unsafe { std::env::remove_var(resume::CMDLINE_VAR) };
+        return (line.to_string_lossy().into_owned(), true);
+    }
+    (
+        std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+        false,
+    )
 }
 
 /// Flush, report `code` through QEMU's isa-debug-exit (QEMU then exits with

@@ -11,7 +11,7 @@ use protocol::bundle::{IMAGE_ENV, SCRATCH_LABEL, SCRATCH_MOUNT};
 use protocol::cmdline::{cmdline_keys, Cmdline, CmdlineError, Key};
 use protocol::exit;
 
-use super::{load_modules, mount_fs, mount_kernel_fs, power_off};
+use super::{load_modules, mount_fs, mount_kernel_fs, power_off, resume};
 
 /// Run stage 1 when it is wanted — `/` is still the initramfs and the kernel command
 /// line names a root disk (`ghrm.root=`) — and become the image's entrypoint (PID 1
@@ -25,12 +25,17 @@ pub fn run_if_wanted() {
                 log!("stage 1: {n}");
             }
             log!("stage 1: running {} from the image", next.init);
-            let err = Command::new(&next.init)
-                .args(std::env::args_os().skip(1))
-                .env_clear()
+            let mut cmd = Command::new(&next.init);
+            cmd.env_clear()
                 .env("HOME", "/root") // unless the image says otherwise
-                .envs(next.env.iter().map(|(k, v)| (k, v)))
-                .exec();
+                .envs(next.env.iter().map(|(k, v)| (k, v)));
+            match &next.resumed {
+                Some(line) => cmd
+                    .args(protocol::cmdline::init_args(line))
+                    .env(resume::CMDLINE_VAR, line),
+                None => cmd.args(std::env::args_os().skip(1)),
+            };
+            let err = cmd.exec();
             log!("error: stage 1: cannot run {}: {err}", next.init);
             power_off(exit::NOT_FOUND);
         }
@@ -149,6 +154,8 @@ struct Stage2 {
     env: Vec<(String, String)>,
     /// Lines of what was done, for the console.
     notes: Vec<String>,
+    /// The command line a restore gave (the template's `/proc/cmdline` is not ours).
+    resumed: Option<String>,
 }
 
 /// Stage 1 of a root-disk bundle (`ghrm.root=LABEL ghrm.init=PATH`): load the
@@ -158,11 +165,24 @@ struct Stage2 {
 /// does the PID-1 set-up of [`super::setup`] in the new root.
 fn stage1(cmdline: &Cmdline) -> Result<Stage2, String> {
     let mut notes = vec![];
+    mount_kernel_fs()?;
+    load_modules(&mut notes)?;
+    // A snapshot template waits here, before any disk is mounted: a guest that
+    // wrote to its root before the save would resume expecting blocks that the
+    // restored VM's fresh overlay does not have.
+    let mut resumed = None;
+    let restored;
+    let cmdline = if cmdline.wait {
+        let line = resume::wait()?;
+        restored = Cmdline::parse(&line).map_err(|e| e.to_string())?;
+        resumed = Some(line);
+        &restored
+    } else {
+        cmdline
+    };
     let missing = |k: Key| format!("no {k}= on the kernel command line");
     let label = cmdline.root.clone().ok_or_else(|| missing(Key::Root))?;
     let init = cmdline.init.clone().ok_or_else(|| missing(Key::Init))?;
-    mount_kernel_fs()?;
-    load_modules(&mut notes)?;
     let disks = disks_by_label(&label, std::time::Duration::from_secs(10));
     let (_, root_dev) = disks.iter().find(|(l, _)| *l == label).ok_or_else(|| {
         format!(
@@ -233,5 +253,10 @@ fn stage1(cmdline: &Cmdline) -> Result<Stage2, String> {
     .map_err(|e| format!("move the new root to /: {e}"))?;
     nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
-    Ok(Stage2 { init, env, notes })
+    Ok(Stage2 {
+        init,
+        env,
+        notes,
+        resumed,
+    })
 }
