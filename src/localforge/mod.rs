@@ -570,3 +570,56 @@ impl LocalForge {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A busy runner silent for the timeout: offline, not busy, its job failed
+    /// once; a runner still heard from, and an idle one, keep their job and state.
+    #[test]
+    fn a_silent_runner_is_offline_and_its_job_failed_once() {
+        let forge = LocalForge::start(0, &[]).unwrap();
+        forge.set_runner_timeout(std::time::Duration::from_millis(200));
+        let scope = Scope::Repo("o".into(), "r".into());
+        forge.add_runner(scope.clone(), "lost", "online", true);
+        forge.add_runner(scope, "heard", "online", true);
+        let (a, b) = (
+            forge.queue_job("o/r", &[], "x"),
+            forge.queue_job("o/r", &[], "y"),
+        );
+        {
+            let mut st = forge.state.lock().unwrap();
+            for (id, name) in [(a, "lost"), (b, "heard")] {
+                let j = st.jobs.get_mut(&id).unwrap();
+                j.status = JobStatus::InProgress;
+                j.runner_name = Some(name.into());
+                j.claims = 1;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        forge
+            .state
+            .lock()
+            .unwrap()
+            .runners
+            .values_mut()
+            .filter(|r| r.name == "heard")
+            .for_each(|r| r.last_seen = Some(Instant::now()));
+        let runners = forge.runners();
+        let lost = runners.iter().find(|r| r.name == "lost").unwrap();
+        let heard = runners.iter().find(|r| r.name == "heard").unwrap();
+        assert_eq!((lost.status.as_str(), lost.busy), ("offline", false));
+        assert_eq!((heard.status.as_str(), heard.busy), ("online", true));
+        let jobs = forge.jobs();
+        let ja = jobs.iter().find(|j| j.id == a).unwrap();
+        assert_eq!(ja.status, JobStatus::Completed);
+        assert_eq!(ja.conclusion, Some(Conclusion::Failure));
+        assert!(ja.output.contains(LOST_RUNNER), "{}", ja.output);
+        assert_eq!(ja.claims, 1);
+        let jb = jobs.iter().find(|j| j.id == b).unwrap();
+        assert_eq!(jb.status, JobStatus::InProgress);
+        // Only once: a later look changes nothing.
+        assert_eq!(forge.jobs()[0].completed_at, ja.completed_at);
+    }
+}
