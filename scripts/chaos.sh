@@ -10,4 +10,4 @@ cd "$(dirname "$0")/.."
 scripts/build.sh
 export GHRM_CHAOS_SEED="${GHRM_CHAOS_SEED:-}" GHRM_CHAOS_ROUNDS="${GHRM_CHAOS_ROUNDS:-}" \
   GHRM_CHAOS_ONLY="${GHRM_CHAOS_ONLY:-}"
-exec cargo test --test integration chaos:: -- --nocapture --test-threads=1
+exec cargo test --test integration chaos::chaos_suite -- --nocapture --test-threads=1

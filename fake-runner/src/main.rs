@@ -9,6 +9,9 @@
 //! (`ACTIONS_RUNNER_HOOK_JOB_STARTED/COMPLETED`), reports exit code and output, and
 //! exits 0 as an ephemeral runner does. SIGTERM/SIGINT: idle → exit 0 at once;
 //! busy → the job is cancelled (SIGTERM to its process group) and reported.
+//! Polling is its heartbeat while idle; while busy it renews the job every
+//! `renew_ms` (the forge's word), and a job the forge gave up (409: the runner
+//! was silent too long) is cancelled and not reported: exit 1.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -39,6 +42,9 @@ struct RunnerSettings {
 struct Job {
     id: u64,
     script: String,
+    /// How often to renew the job (the forge fails it after four times as long).
+    #[serde(default)]
+    renew_ms: Option<u64>,
 }
 
 fn die(msg: &str) -> ! {
@@ -182,11 +188,33 @@ fn run_job(s: &RunnerSettings, job: Job) -> (i32, String) {
     let mut child = cmd.spawn().unwrap_or_else(|e| die(&format!("sh: {e}")));
     let pgid = child.id() as i32;
     let mut cancelled = false;
+    let mut lost = false;
+    let renew = format!(
+        "{}/_fake/jobs/{}/renew",
+        s.ServerUrl.trim_end_matches('/'),
+        job.id
+    );
+    let every = Duration::from_millis(job.renew_ms.unwrap_or(1000).max(50));
+    let mut renewed = std::time::Instant::now();
     let code = loop {
         if let Ok(Some(st)) = child.try_wait() {
             break st.code().unwrap_or(128);
         }
-        if STOP.load(Ordering::SeqCst) && !cancelled {
+        if renewed.elapsed() >= every && !lost {
+            renewed = std::time::Instant::now();
+            match post(&renew, &serde_json::json!({})) {
+                Ok((200, _)) => {}
+                Ok((404 | 409, _)) => {
+                    eprintln!("Runner.Listener (fake): the server gave the job up; cancelling it");
+                    // SAFETY: plain kill(2).
+                    unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                    lost = true;
+                }
+                Ok((st, b)) => eprintln!("Runner.Listener (fake): renew failed ({st}): {b}"),
+                Err(e) => eprintln!("Runner.Listener (fake): renew failed: {e}"),
+            }
+        }
+        if STOP.load(Ordering::SeqCst) && !cancelled && !lost {
             eprintln!("Runner.Listener (fake): cancelling the job");
             // SAFETY: plain kill(2).
             unsafe { libc::kill(-pgid, libc::SIGTERM) };
@@ -198,6 +226,9 @@ fn run_job(s: &RunnerSettings, job: Job) -> (i32, String) {
     let mut output = std::fs::read(&out).unwrap_or_default();
     output.truncate(64 * 1024);
     let _ = std::fs::remove_file(&out);
+    if lost {
+        die(&format!("job {} was lost at the server", job.id));
+    }
     let code = if cancelled { -1 } else { code };
     (code, String::from_utf8_lossy(&output).into_owned())
 }

@@ -5,6 +5,13 @@
 //!
 //! It serves `orchestrator demo` and the tests. Everything answers both under
 //! `/` (github.com style) and `/api/v3` (GHES style).
+//!
+//! A runner that vanishes is noticed as GitHub notices it: the runner's listener
+//! stops polling for jobs and stops renewing the job it holds. Once nothing came
+//! from it for the runner timeout ([`LocalForge::set_runner_timeout`]), the forge
+//! shows it offline and, if it held a job, fails that job once ("lost
+//! communication with the server"); a DELETE of it then succeeds. The forge
+//! notices at its next request or snapshot, never in between.
 
 mod routes;
 
@@ -56,6 +63,9 @@ pub struct Runner {
     pub labels: Vec<String>,
     /// Where it is registered.
     pub scope: Scope,
+    /// When its listener was last heard (came online, polled, renewed its job).
+    #[serde(skip)]
+    pub(crate) last_seen: Option<Instant>,
 }
 
 /// State of a queued job.
@@ -69,6 +79,25 @@ pub enum JobStatus {
     /// Reported back.
     Completed,
 }
+
+/// How a completed job ended, as GitHub's `conclusion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Conclusion {
+    /// The script exited 0.
+    Success,
+    /// The script failed, or the runner was lost while running it.
+    Failure,
+    /// The runner cancelled it (it was asked to stop).
+    Cancelled,
+}
+
+/// What GitHub tells a job whose runner went silent (its annotation).
+pub const LOST_RUNNER: &str = "lost communication with the server";
+
+/// The runner timeout when none is set: silence for this long makes a runner
+/// offline and fails its job (GitHub: minutes; here at test scale).
+pub const DEFAULT_RUNNER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A job in the queue.
 #[derive(Debug, Clone, Serialize)]
@@ -85,8 +114,10 @@ pub struct Job {
     pub status: JobStatus,
     /// Name of the runner that took it.
     pub runner_name: Option<String>,
-    /// Exit code reported (-1: cancelled).
+    /// Exit code reported (-1: cancelled; none when its runner was lost).
     pub exit_code: Option<i32>,
+    /// How it ended, once completed.
+    pub conclusion: Option<Conclusion>,
     /// Output reported.
     pub output: String,
     /// How many times it was handed to a runner.
@@ -232,6 +263,8 @@ pub(crate) struct State {
     pub(crate) reg_tokens: HashMap<String, Scope>,
     /// The URL runners use to reach the forge (`ServerUrl`), if not the bind address.
     pub(crate) runner_url: Option<String>,
+    /// Silence after which a runner is offline and its job failed (none: the default).
+    pub(crate) runner_timeout: Option<std::time::Duration>,
     pub(crate) stats: Stats,
 }
 
@@ -239,6 +272,42 @@ impl State {
     pub(crate) fn next(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    pub(crate) fn runner_timeout(&self) -> std::time::Duration {
+        self.runner_timeout.unwrap_or(DEFAULT_RUNNER_TIMEOUT)
+    }
+
+    /// What GitHub does to runners it has not heard from for the runner timeout:
+    /// shows them offline and fails the job each one held, once.
+    pub(crate) fn expire_silent_runners(&mut self) {
+        let now = Instant::now();
+        let timeout = self.runner_timeout();
+        let mut lost = vec![];
+        for r in self.runners.values_mut() {
+            let silent = r
+                .last_seen
+                .is_some_and(|t| now.duration_since(t) >= timeout);
+            if r.status == "online" && silent {
+                r.status = "offline".into();
+                if r.busy {
+                    r.busy = false;
+                    lost.push(r.name.clone());
+                }
+            }
+        }
+        for name in lost {
+            for j in self.jobs.values_mut().filter(|j| {
+                j.status == JobStatus::InProgress && j.runner_name.as_deref() == Some(&name)
+            }) {
+                j.status = JobStatus::Completed;
+                j.completed_at = Some(now);
+                j.conclusion = Some(Conclusion::Failure);
+                j.output = format!(
+                    "The self-hosted runner: {name} {LOST_RUNNER}. Verify the machine is running and has a healthy network connection."
+                );
+            }
+        }
     }
 
     pub(crate) fn groups_of(&self, scope: &Scope) -> Vec<Group> {
@@ -309,7 +378,16 @@ impl LocalForge {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.expire_silent_runners();
+        st
+    }
+
+    /// Silence after which a runner is shown offline and the job it held is
+    /// failed ([`DEFAULT_RUNNER_TIMEOUT`] unless set). Runners renew their job at
+    /// a quarter of it (the forge says so when it hands them a job).
+    pub fn set_runner_timeout(&self, timeout: std::time::Duration) {
+        self.lock().runner_timeout = Some(timeout);
     }
 
     /// An outage: every API request (not the runners' own protocol) answers 503
@@ -362,6 +440,7 @@ impl LocalForge {
                 runner_group_id: 1,
                 labels: vec!["self-hosted".into(), "Linux".into(), "X64".into()],
                 scope,
+                last_seen: (status == "online").then(Instant::now),
             },
         );
         id
@@ -381,6 +460,7 @@ impl LocalForge {
                 status: JobStatus::Queued,
                 runner_name: None,
                 exit_code: None,
+                conclusion: None,
                 output: String::new(),
                 claims: 0,
                 queued_at: Some(Instant::now()),
@@ -488,5 +568,58 @@ impl LocalForge {
                 Some(((s - q).as_secs_f64(), (c - s).as_secs_f64()))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A busy runner silent for the timeout: offline, not busy, its job failed
+    /// once; a runner still heard from, and an idle one, keep their job and state.
+    #[test]
+    fn a_silent_runner_is_offline_and_its_job_failed_once() {
+        let forge = LocalForge::start(0, &[]).unwrap();
+        forge.set_runner_timeout(std::time::Duration::from_millis(200));
+        let scope = Scope::Repo("o".into(), "r".into());
+        forge.add_runner(scope.clone(), "lost", "online", true);
+        forge.add_runner(scope, "heard", "online", true);
+        let (a, b) = (
+            forge.queue_job("o/r", &[], "x"),
+            forge.queue_job("o/r", &[], "y"),
+        );
+        {
+            let mut st = forge.state.lock().unwrap();
+            for (id, name) in [(a, "lost"), (b, "heard")] {
+                let j = st.jobs.get_mut(&id).unwrap();
+                j.status = JobStatus::InProgress;
+                j.runner_name = Some(name.into());
+                j.claims = 1;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        forge
+            .state
+            .lock()
+            .unwrap()
+            .runners
+            .values_mut()
+            .filter(|r| r.name == "heard")
+            .for_each(|r| r.last_seen = Some(Instant::now()));
+        let runners = forge.runners();
+        let lost = runners.iter().find(|r| r.name == "lost").unwrap();
+        let heard = runners.iter().find(|r| r.name == "heard").unwrap();
+        assert_eq!((lost.status.as_str(), lost.busy), ("offline", false));
+        assert_eq!((heard.status.as_str(), heard.busy), ("online", true));
+        let jobs = forge.jobs();
+        let ja = jobs.iter().find(|j| j.id == a).unwrap();
+        assert_eq!(ja.status, JobStatus::Completed);
+        assert_eq!(ja.conclusion, Some(Conclusion::Failure));
+        assert!(ja.output.contains(LOST_RUNNER), "{}", ja.output);
+        assert_eq!(ja.claims, 1);
+        let jb = jobs.iter().find(|j| j.id == b).unwrap();
+        assert_eq!(jb.status, JobStatus::InProgress);
+        // Only once: a later look changes nothing.
+        assert_eq!(forge.jobs()[0].completed_at, ja.completed_at);
     }
 }

@@ -12,7 +12,7 @@ use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{FaultKind, JobStatus, PatKind, Runner, Scope, State};
+use super::{Conclusion, FaultKind, JobStatus, PatKind, Runner, Scope, State};
 
 type Shared = Arc<Mutex<State>>;
 
@@ -249,6 +249,7 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
         tokio::time::sleep(d).await;
     }
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    st.expire_silent_runners();
     if segs.first() == Some(&"_fake") {
         return fake(&mut st, &parts.method, &segs[1..], &body);
     }
@@ -638,6 +639,7 @@ fn jit(st: &mut State, scope: Scope, body: &Bytes) -> Response {
         runner_group_id: group,
         labels: all,
         scope,
+        last_seen: None,
     };
     let server = st.runner_url.clone().unwrap_or_default();
     let settings = json!({"AgentId": id, "AgentName": name, "PoolId": group, "PoolName": null,
@@ -687,6 +689,7 @@ fn fake(st: &mut State, m: &Method, segs: &[&str], body: &Bytes) -> Response {
                     runner_group_id: 1,
                     labels,
                     scope,
+                    last_seen: None,
                 },
             );
             let server = st.runner_url.clone().unwrap_or_default();
@@ -707,12 +710,33 @@ fn fake(st: &mut State, m: &Method, segs: &[&str], body: &Bytes) -> Response {
                 "online" | "offline" => {
                     if let Some(r) = st.runners.get_mut(&id) {
                         r.status = (*action).into();
+                        r.last_seen = Some(Instant::now());
                     }
                     ok_json(StatusCode::OK, json!({}))
                 }
                 "acquire" => acquire(st, id),
                 _ => error(StatusCode::NOT_FOUND, "Not Found"),
             }
+        }
+        // The runner renews the job it holds (the real one renews its job request's
+        // lock); a job that is no longer in progress (its runner was given up for
+        // lost) answers 409.
+        ["jobs", id, "renew"] if m == Method::POST => {
+            let Some(job) = id.parse::<u64>().ok().and_then(|id| st.jobs.get(&id)) else {
+                return error(StatusCode::NOT_FOUND, "job not found");
+            };
+            if job.status != JobStatus::InProgress {
+                return error(StatusCode::CONFLICT, "job is not in progress");
+            }
+            let runner = job.runner_name.clone();
+            for r in st
+                .runners
+                .values_mut()
+                .filter(|r| Some(&r.name) == runner.as_ref())
+            {
+                r.last_seen = Some(Instant::now());
+            }
+            ok_json(StatusCode::OK, json!({}))
         }
         ["jobs", id, "complete"] if m == Method::POST => {
             let Some(job) = id.parse::<u64>().ok().and_then(|id| st.jobs.get_mut(&id)) else {
@@ -724,6 +748,11 @@ fn fake(st: &mut State, m: &Method, segs: &[&str], body: &Bytes) -> Response {
             job.status = JobStatus::Completed;
             job.completed_at = Some(Instant::now());
             job.exit_code = v.get("exit_code").and_then(Value::as_i64).map(|c| c as i32);
+            job.conclusion = Some(match job.exit_code {
+                Some(0) => Conclusion::Success,
+                Some(-1) => Conclusion::Cancelled,
+                _ => Conclusion::Failure,
+            });
             job.output = v
                 .get("output")
                 .and_then(Value::as_str)
@@ -747,9 +776,15 @@ fn fake(st: &mut State, m: &Method, segs: &[&str], body: &Bytes) -> Response {
 }
 
 fn acquire(st: &mut State, id: u64) -> Response {
-    let Some(runner) = st.runners.get(&id).cloned() else {
+    let renew_ms = (st.runner_timeout() / 4).as_millis().max(1) as u64;
+    let Some(runner) = st.runners.get_mut(&id) else {
         return error(StatusCode::NOT_FOUND, "runner not found");
     };
+    // Polling is the listener's heartbeat: a runner given up for lost that polls
+    // again is back online.
+    runner.last_seen = Some(Instant::now());
+    runner.status = "online".into();
+    let runner = runner.clone();
     if runner.busy {
         return error(StatusCode::CONFLICT, "runner is already running a job");
     }
@@ -767,7 +802,7 @@ fn acquire(st: &mut State, id: u64) -> Response {
     job.runner_name = Some(runner.name.clone());
     job.claims += 1;
     job.started_at = Some(Instant::now());
-    let resp = json!({"id": job.id, "script": job.script});
+    let resp = json!({"id": job.id, "script": job.script, "renew_ms": renew_ms});
     if let Some(r) = st.runners.get_mut(&id) {
         r.busy = true;
     }

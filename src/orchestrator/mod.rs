@@ -298,7 +298,8 @@ async fn run(cfg: OrchestratorConfig) -> Result<(), OrchestratorError> {
             // Bounded: a stop must not wait out GitHub's rate limits (the next start's pass
             // catches what is left, once GitHub shows it offline).
             Ok(live) => {
-                if tokio::time::timeout(LAST_PASS_LIMIT, r.last_pass(&live))
+                let every = std::time::Duration::from_secs(cfg.reconcile.clamp(1, 2));
+                if tokio::time::timeout(LAST_PASS_LIMIT, r.last_pass(&live, every))
                     .await
                     .is_err()
                 {

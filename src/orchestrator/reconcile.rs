@@ -20,29 +20,52 @@ impl Reconciler {
     /// runner with no VM is marked, and deleted only if still so on the next pass
     /// (a runner that is just booting is never deleted).
     pub(super) async fn pass(&mut self, live: &[String], at_start: bool) {
-        self.sweep(live, at_start, false).await
+        self.sweep(live, at_start, false).await;
     }
 
     /// The pass after every loop has ended and our VMs are removed: a registration of
     /// ours that is not busy and has no VM in `live` belongs to a loop that was killed
     /// (SIGKILL leaves no time to deregister), whatever status GitHub still shows.
-    pub(super) async fn last_pass(&mut self, live: &[String]) {
-        self.sweep(live, true, true).await
+    /// One still busy with no VM lost its runner mid-job: GitHub fails that job and
+    /// frees the runner once it stops hearing from it, so the pass is repeated every
+    /// `every` until none is left (the caller bounds how long it waits).
+    pub(super) async fn last_pass(&mut self, live: &[String], every: std::time::Duration) {
+        let mut said = false;
+        loop {
+            let busy = self.sweep(live, true, true).await;
+            if busy.is_empty() {
+                return;
+            }
+            if !said {
+                info!(
+                    "waiting for GitHub to give up the job of {} (busy, its VM is gone) to remove it",
+                    busy.join(", ")
+                );
+                said = true;
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 
-    async fn sweep(&mut self, live: &[String], at_once: bool, online_too: bool) {
+    /// One pass; returns our registrations GitHub shows busy although no VM of that
+    /// name is live.
+    async fn sweep(&mut self, live: &[String], at_once: bool, online_too: bool) -> Vec<String> {
         let runners = match self.forge.list_runners().await {
             Ok(r) => r,
             Err(e) => {
                 warn!("cannot list runners to clean up stale registrations: {e}");
-                return;
+                return vec![];
             }
         };
+        let mut lost = vec![];
         let mut marked = std::collections::HashSet::new();
         for r in runners
             .into_iter()
             .filter(|r| is_vm_of(&r.name, &self.prefix))
         {
+            if r.busy && !live.contains(&r.name) {
+                lost.push(r.name.clone());
+            }
             if r.busy || (r.status != "offline" && !online_too) || live.contains(&r.name) {
                 continue;
             }
@@ -59,5 +82,6 @@ impl Reconciler {
             }
         }
         self.marked = marked;
+        lost
     }
 }

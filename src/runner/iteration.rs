@@ -88,8 +88,16 @@ impl Loop {
         let args = match &self.dir {
             Some(dir) => {
                 let env = file_in(dir, &id, Kind::Env);
-                safefs::write_replace(&env, dotenv.as_bytes(), 0o600)
-                    .map_err(|e| RunnerError::Io(format!("write {}", env.display()), e))?;
+                if let Err(e) = safefs::write_replace(&env, dotenv.as_bytes(), 0o600) {
+                    // (A full disk, say.) The runner minted for this VM is never used:
+                    // remove its registration now rather than leave it to the reconciler.
+                    if let Some(rid) = runner_id {
+                        if let Err(e) = self.forge.delete_runner(rid).await {
+                            warn!("cannot deregister unused runner {name}: {e}");
+                        }
+                    }
+                    return Err(RunnerError::Io(format!("write {}", env.display()), e));
+                }
                 let g = Path::new(protocol::GUEST_ENV_DIR);
                 vec![
                     "-E".into(),

@@ -72,6 +72,11 @@ pub enum RunnerError {
 }
 
 impl RunnerError {
+    /// A host file system that is full (or over quota): the loop waits for space.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, RunnerError::Io(_, e) if is_full(e))
+    }
+
     /// The documented exit status.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -243,6 +248,7 @@ impl Loop {
         let mut done = 0u64;
         let mut failures = 0u32;
         let mut down = Outage::default();
+        let mut full = Full::default();
         loop {
             if self.stopping() {
                 info!("asked to stop: loop ends after {done} job(s)");
@@ -269,9 +275,17 @@ impl Loop {
                     down.wait(&e, &mut self.stop.clone()).await;
                     continue;
                 }
+                // A full disk: said once, then waited out here (a restart would not
+                // free space, and would count towards giving up).
+                Err(e) if e.is_disk_full() => {
+                    self.last_exit = None;
+                    full.wait(&e, &mut self.stop.clone()).await;
+                    continue;
+                }
                 r => r?,
             };
             down = Outage::default();
+            full.over();
             if it.deprecated {
                 return Err(RunnerError::RunnerDeprecated {
                     image: self.cfg.image.clone(),
@@ -343,6 +357,63 @@ impl Outage {
         }
     }
 }
+
+/// Is `e` a full file system (ENOSPC) or an exhausted quota (EDQUOT)?
+pub(crate) fn is_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(c) if c == libc::ENOSPC || c == libc::EDQUOT)
+}
+
+/// Waiting for space on a full host file system: said once (with the path), tried
+/// again after 2 s doubling to [`FULL_MAX_WAIT`]; its end is said too.
+#[derive(Default)]
+struct Full {
+    since: Option<Instant>,
+    tries: u32,
+}
+
+impl Full {
+    /// Wait before the next try after `e` (a full disk); `false` when asked to stop.
+    async fn wait(&mut self, e: &RunnerError, stop: &mut watch::Receiver<bool>) -> bool {
+        self.tries += 1;
+        let wait =
+            Duration::from_secs(2u64 << self.tries.min(5).saturating_sub(1)).min(FULL_MAX_WAIT);
+        let why = match e {
+            RunnerError::Io(what, source) => format!("cannot {what}: {source}"),
+            other => other.to_string(),
+        };
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            tracing::error!("{why}; the file system is full: waiting for space (trying again every {}s at most)", FULL_MAX_WAIT.as_secs());
+        } else {
+            tracing::debug!(
+                "still no space ({why}); trying again in {}s",
+                wait.as_secs()
+            );
+        }
+        events::emit(&crate::types::status::LoopEvent::BackingOff {
+            seconds: wait.as_secs(),
+            why,
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = stop.wait_for(|s| *s) => false,
+        }
+    }
+
+    /// An iteration went through: a full disk, if there was one, is over.
+    fn over(&mut self) {
+        if let Some(t) = self.since.take() {
+            info!(
+                "space is back: the loop goes on after {}s",
+                t.elapsed().as_secs()
+            );
+        }
+        self.tries = 0;
+    }
+}
+
+/// The longest wait between two tries while the disk is full.
+const FULL_MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// The longest wait between two tries while GitHub is down.
 const OUTAGE_MAX_WAIT: Duration = Duration::from_secs(300);
