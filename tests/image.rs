@@ -255,10 +255,16 @@ fn an_oci_image_boots_under_qemu_and_runs_a_job_then_prune_removes_it() {
         args.extend_from_slice(extra);
         w.spawn("runner", &args)
     };
-    let mut p = one_job(&["--scratch-size", "256M"]);
+    // Restored from a snapshot template saved before stage 1 mounted any disk: the
+    // fresh overlay and scratch disk of the restored VM are all it knows of them.
+    let mut p = one_job(&["--scratch-size", "256M", "--start", "snapshot"]);
     let st = p.finish(Duration::from_secs(300));
     let log = p.log();
     assert!(st.success(), "{st}\n{log}");
+    assert!(
+        log.contains("restored from the snapshot template"),
+        "not restored:\n{log}"
+    );
     let jobs = w.forge.jobs();
     assert_eq!(jobs.len(), 1);
     let j = &jobs[0];

@@ -16,5 +16,6 @@ mod logs;
 mod loop_e2e;
 mod operations;
 mod qemu;
+mod snapshot;
 mod systemd;
 mod users;

@@ -517,6 +517,7 @@ fn demo_config(a: DemoArgs) -> DemoConfig {
     DemoConfig {
         jobs: a.jobs,
         accel: a.accel,
+        start: a.start,
         memory: a.memory,
         kernel: a.kernel,
         modules: a.modules,

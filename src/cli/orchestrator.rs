@@ -284,6 +284,10 @@ pub struct DemoArgs {
     /// QEMU accelerator (auto: KVM when it really boots a guest, else TCG).
     #[arg(long, default_value = "auto", value_enum)]
     pub accel: crate::backend::qemu::Accel,
+    /// How VMs start (the loops' --start): restored from a memory-snapshot
+    /// template, cold, or auto (snapshot where it works).
+    #[arg(long, default_value = "auto", value_enum)]
+    pub start: crate::backend::qemu::StartMode,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512)]
     pub memory: u32,

@@ -47,6 +47,8 @@ pub struct DemoConfig {
     pub jobs: u32,
     /// QEMU accelerator.
     pub accel: crate::backend::qemu::Accel,
+    /// How VMs start.
+    pub start: crate::backend::qemu::StartMode,
     /// Guest memory in MiB.
     pub memory: u32,
     /// Kernel to use instead of fetching Debian's (with `modules`).
@@ -104,6 +106,12 @@ pub fn run(args: DemoConfig, n: u32) -> Result<(), DemoError> {
             &bundle.display().to_string(),
             "--accel",
             accel,
+            "--start",
+            match args.start {
+                crate::backend::qemu::StartMode::Auto => "auto",
+                crate::backend::qemu::StartMode::Cold => "cold",
+                crate::backend::qemu::StartMode::Snapshot => "snapshot",
+            },
         ])
         .args([
             "--net",
