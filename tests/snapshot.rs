@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::sys::signal::Signal;
+
 use crate::common::{qemu_bundle, World, REPO};
 use crate::qemu::{ghrm_qemu_state, qemu_args};
 use ghrm::localforge::JobStatus;
@@ -182,4 +184,106 @@ fn a_damaged_or_outdated_template_is_never_restored() {
     }
     assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
     assert!(ghrm_qemu_state(&w).is_empty(), "{:?}", ghrm_qemu_state(&w));
+}
+
+const WARM: &str = "is warm: it waits for its configuration";
+
+/// The line index of the first log line holding all of `words`.
+fn line_of(log: &str, words: &[&str]) -> Option<usize> {
+    log.lines()
+        .position(|l| words.iter().all(|w| l.contains(w)))
+}
+
+/// `--warm` with snapshot restores: three jobs in a row, each after the first on a
+/// VM that was restored and waiting before the previous VM exited; no warm VM is
+/// made for a fourth (`-r 3`), and nothing is left.
+#[test]
+fn warm_vms_take_the_next_jobs() {
+    let w = World::new();
+    for _ in 0..3 {
+        w.forge.queue_job(REPO, &[], "sleep 1; echo done");
+    }
+    let mut args = qemu_args(&w, &["--start", "snapshot", "--warm", "-r", "3"]);
+    args.push("-v".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
+    let st = p.finish(Duration::from_secs(300));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    let jobs = w.forge.jobs();
+    assert_eq!(jobs.len(), 3);
+    for j in &jobs {
+        assert_eq!(j.status, JobStatus::Completed, "{log}");
+        assert_eq!(j.exit_code, Some(0), "{}\n{log}", j.output);
+        assert_eq!(j.claims, 1);
+    }
+    assert_eq!(log.matches(WARM).count(), 2, "{log}");
+    for pair in jobs.windows(2) {
+        let (prev, next) = (
+            pair[0].runner_name.as_deref().unwrap(),
+            pair[1].runner_name.as_deref().unwrap(),
+        );
+        let warm = line_of(&log, &[next, WARM])
+            .unwrap_or_else(|| panic!("{next} did not run on a warm VM:\n{log}"));
+        let exited = line_of(&log, &["VM ", prev, "exited"])
+            .unwrap_or_else(|| panic!("no exit of {prev}:\n{log}"));
+        assert!(
+            warm < exited,
+            "{next} was not ready before {prev} exited:\n{log}"
+        );
+    }
+    assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
+    assert!(ghrm_qemu_state(&w).is_empty(), "{:?}", ghrm_qemu_state(&w));
+    let left = w.wait_no_processes(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// `--warm` with cold boots: the second job runs on a VM booted to wait while the
+/// first ran; SIGTERM to the loop while the second job runs and a third VM waits:
+/// the job finishes (drain), the loop removes the waiting VM, and nothing is left.
+#[test]
+fn sigterm_during_a_warm_wait_leaves_nothing() {
+    let w = World::new();
+    w.forge.queue_job(REPO, &[], "sleep 3; echo one");
+    w.forge.queue_job(REPO, &[], "sleep 10; echo two");
+    // The loop on its own: no orchestrator sweeps up after it.
+    let mut args = qemu_args(
+        &w,
+        &["--start", "cold", "--warm", "-r", "5", "--grace", "60"],
+    );
+    args.splice(0..0, ["-R".to_string(), "qemu".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = w.runner(&args);
+    w.wait_for(
+        "the second job running and a second warm VM",
+        Duration::from_secs(240),
+        &p,
+        || {
+            w.forge.jobs()[1].status == JobStatus::InProgress
+                && std::fs::read_to_string(&p.log)
+                    .unwrap_or_default()
+                    .matches(WARM)
+                    .count()
+                    >= 2
+        },
+    );
+    p.signal(Signal::SIGTERM);
+    let st = p.finish(Duration::from_secs(120));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    let jobs = w.forge.jobs();
+    for j in &jobs {
+        assert_eq!(j.status, JobStatus::Completed, "{log}");
+        assert_eq!(j.exit_code, Some(0), "{}\n{log}", j.output);
+    }
+    let second = jobs[1].runner_name.as_deref().unwrap();
+    assert!(
+        line_of(&log, &[second, WARM]).is_some(),
+        "the second job did not run on the warm VM:\n{log}"
+    );
+    assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
+    assert!(ghrm_qemu_state(&w).is_empty(), "{:?}", ghrm_qemu_state(&w));
+    assert!(w.env_roots().is_empty(), "{:?}", w.env_roots());
+    let left = w.wait_no_processes(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -105,6 +105,24 @@ pub trait Hypervisor: std::fmt::Debug {
         })
     }
 
+    /// `--warm`: start the VM up to where it waits for its configuration, registering
+    /// nothing; `None` where the backend cannot.
+    fn prestart<'a>(
+        &'a self,
+        _spec: &'a VmSpec,
+    ) -> BoxFuture<'a, Result<Option<Child>, BackendError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// `--warm`: hand a prestarted VM its configuration (its `.env` is written).
+    fn handoff<'a>(
+        &'a self,
+        _spec: &'a VmSpec,
+        _child: &'a mut Child,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// After the VM's process group was killed: whatever else keeps it alive.
     fn after_kill<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async {})
@@ -212,6 +230,16 @@ impl Backend {
     /// Start the VM; the returned child lives as long as the VM.
     pub async fn start(&self, spec: &VmSpec) -> Result<Child, BackendError> {
         self.0.start(spec).await
+    }
+
+    /// `--warm`: start the VM up to where it waits for its configuration.
+    pub async fn prestart(&self, spec: &VmSpec) -> Result<Option<Child>, BackendError> {
+        self.0.prestart(spec).await
+    }
+
+    /// `--warm`: hand a prestarted VM its configuration.
+    pub async fn handoff(&self, spec: &VmSpec, child: &mut Child) -> Result<(), BackendError> {
+        self.0.handoff(spec, child).await
     }
 
     /// What the backend process's exit status says: (success, description).

@@ -288,6 +288,9 @@ pub struct DemoArgs {
     /// template, cold, or auto (snapshot where it works).
     #[arg(long, default_value = "auto", value_enum)]
     pub start: crate::backend::qemu::StartMode,
+    /// Start each loop's next VM while a job runs (the loops' --warm).
+    #[arg(long)]
+    pub warm: bool,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512)]
     pub memory: u32,

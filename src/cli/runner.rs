@@ -271,6 +271,12 @@ pub struct RunnerOpts {
         value_enum
     )]
     pub start: crate::backend::qemu::StartMode,
+    /// QEMU: while a job runs, start the next VM (restored, or booted cold) up to
+    /// where it waits for its configuration, registering nothing; when the job's VM
+    /// exits, its runner is up in the time of one mint and the hand-over. Costs one
+    /// more idle VM of memory (-m) per loop.
+    #[arg(long = "warm", env = "RUNNER_WARM")]
+    pub warm: bool,
     /// QEMU: the guest's network. internet: the internet and nothing of this host
     /// (not its loopback, its addresses, its LAN or metadata services; needs
     /// slirp4netns and nftables); restricted: only --net-forward targets; user:

@@ -49,6 +49,8 @@ pub struct DemoConfig {
     pub accel: crate::backend::qemu::Accel,
     /// How VMs start.
     pub start: crate::backend::qemu::StartMode,
+    /// `--warm` for every loop.
+    pub warm: bool,
     /// Guest memory in MiB.
     pub memory: u32,
     /// Kernel to use instead of fetching Debian's (with `modules`).
@@ -120,6 +122,7 @@ pub fn run(args: DemoConfig, n: u32) -> Result<(), DemoError> {
             &format!("{GUEST_FORGE}=127.0.0.1:{port}"),
         ])
         .args(["-m", &args.memory.to_string(), "-c", "1", "--grace", "30"])
+        .args(args.warm.then_some("--warm"))
         .env("RUNNER_PAT", PAT)
         // The table reads boot_ms= and turnaround_ms= from text lines.
         .env("ORCHESTRATOR_LOG_FORMAT", "text")

@@ -52,6 +52,8 @@ pub struct RunnerConfig {
     pub terminate: Option<std::time::Duration>,
     /// Iterations, `None` = forever.
     pub repeat: Option<u64>,
+    /// `--warm`: prepare the next VM while a job runs.
+    pub warm: bool,
     /// Fixed secret (`-S`).
     pub secret: Option<crate::types::secret::Secret>,
     /// Grace for busy jobs.

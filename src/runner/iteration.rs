@@ -36,6 +36,16 @@ pub(super) struct Iteration {
     pub(super) lifetime: Duration,
 }
 
+/// `--warm`: a VM started while the previous job ran, waiting for its
+/// configuration; its runner's id (and so its name) was chosen then.
+pub(super) struct Warm {
+    id: String,
+    spec: VmSpec,
+    child: tokio::process::Child,
+    /// `-D`: its private copy of the entrypoint.
+    dev: Option<tempfile::TempDir>,
+}
+
 impl Iteration {
     /// A VM that failed before (or without) its runner being up.
     fn failed(outcome: Outcome, why: String, lifetime: Duration) -> Iteration {
@@ -52,8 +62,19 @@ impl Iteration {
 
 impl Loop {
     pub(super) async fn iteration(&mut self) -> Result<Iteration, RunnerError> {
+        let warm = self.warm.take();
         emit(&LoopEvent::Minting);
-        let (id, registration, runner_id) = match self.mint().await {
+        let minted = self.mint(warm.as_ref().map(|w| w.id.as_str())).await;
+        // A warm VM is used only under the name it was started with.
+        let warm = match (warm, &minted) {
+            (Some(w), Ok((id, _, _))) if *id == w.id => Some(w),
+            (Some(w), _) => {
+                self.discard(w).await;
+                None
+            }
+            (None, _) => None,
+        };
+        let (id, registration, runner_id) = match minted {
             Ok(m) => m,
             Err(RunnerError::Stopped) => return Err(RunnerError::Stopped),
             Err(e) => {
@@ -96,15 +117,12 @@ impl Loop {
                             warn!("cannot deregister unused runner {name}: {e}");
                         }
                     }
+                    if let Some(w) = warm {
+                        self.discard(w).await;
+                    }
                     return Err(RunnerError::Io(format!("write {}", env.display()), e));
                 }
-                let g = Path::new(protocol::GUEST_ENV_DIR);
-                vec![
-                    "-E".into(),
-                    file_in(g, &id, Kind::Env).display().to_string(),
-                    "-k".into(),
-                    file_in(g, &id, Kind::Tkn).display().to_string(),
-                ]
+                guest_args(&id)
             }
             // Insecure mode: the configuration travels as guest options.
             None => dotenv
@@ -114,37 +132,16 @@ impl Loop {
                 .collect(),
         };
         drop(dotenv);
-        let mut mounts = self.cfg.mounts.clone();
-        // -D: the guest gets a private copy of just the entrypoint, made fresh for
-        // this VM, never the directory it came from (by default this executable's,
-        // from which the orchestrator starts loops again with the PAT).
-        let dev = match &self.cfg.dev {
-            Some((host, _)) => Some(dev_copy(host, self.dir.as_deref())?),
-            None => None,
-        };
-        let entrypoint = match (&self.cfg.dev, &dev) {
-            (Some((_, guest)), Some(copy)) => {
-                mounts.push(Mount {
-                    host: copy.path().to_path_buf(),
-                    guest: guest.clone(),
-                    options: None,
-                });
-                format!("{guest}/entrypoint")
+        let (spec, dev, warm) = match warm {
+            Some(w) => (w.spec, w.dev, Some(w.child)),
+            None => {
+                let dev = self.dev_copy()?;
+                (self.vm_spec(&name, args, dev.as_ref()), dev, None)
             }
-            _ => protocol::IMAGE_ENTRYPOINT.to_string(),
         };
-        let spec = VmSpec {
-            name: name.clone(),
-            image: self.cfg.image.clone(),
-            cpus: self.cfg.cpus,
-            memory: self.cfg.memory,
-            dns: self.cfg.dns.clone(),
-            env_dir: self.dir.clone(),
-            mounts,
-            entrypoint,
-            args,
-        };
-        let outcome = self.boot_and_wait(&spec, &id, &secret, runner_id).await;
+        let outcome = self
+            .boot_and_wait(&spec, &id, &secret, runner_id, warm)
+            .await;
         let cleaned = self.cleanup(&name, runner_id).await;
         drop(dev);
         if let Ok(it) = &outcome {
@@ -165,19 +162,31 @@ impl Loop {
         id: &str,
         secret: &str,
         runner_id: Option<u64>,
+        warm: Option<tokio::process::Child>,
     ) -> Result<Iteration, RunnerError> {
         let name = &spec.name;
-        if let Err(e) = self.backend.create(spec).await {
-            let why = format!("cannot create VM {name}: {}", chain(&e));
-            return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
-        }
-        // From here the VM is starting: a snapshot restore's hand-over counts.
-        let started = Instant::now();
-        let mut child = match self.backend.start(spec).await {
-            Ok(c) => c,
-            Err(e) => {
-                let why = format!("cannot start VM {name}: {}", chain(&e));
-                return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
+        // From here the VM is starting: a snapshot restore's or a warm VM's
+        // hand-over counts.
+        let mut started = Instant::now();
+        let warm = match warm {
+            Some(c) => self.hand_over(spec, c).await,
+            None => None,
+        };
+        let mut child = match warm {
+            Some(c) => c,
+            None => {
+                if let Err(e) = self.backend.create(spec).await {
+                    let why = format!("cannot create VM {name}: {}", chain(&e));
+                    return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
+                }
+                started = Instant::now();
+                match self.backend.start(spec).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let why = format!("cannot start VM {name}: {}", chain(&e));
+                        return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
+                    }
+                }
             }
         };
         let turnaround_ms = self
@@ -198,10 +207,14 @@ impl Loop {
         // Without a loop directory there is no ready mark: a started VM counts as up.
         let mut ready = tkn.is_none();
         let boot_deadline = started + Duration::from_secs(self.cfg.boot_timeout);
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        // Until the runner is up the ready mark is looked for often (a restored VM's
+        // runner is up in a few hundred ms; a coarse tick would add to that), then
+        // every 200 ms.
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut stop = self.stop.clone();
         let mut drained = false;
         let mut watch = Watch::new(started);
+        let mut warmed = false;
         let status = loop {
             tokio::select! {
                 st = child.wait() => break st.ok(),
@@ -210,12 +223,24 @@ impl Loop {
             }
             if !ready && tkn.as_deref().is_some_and(safefs::is_regular) {
                 ready = true;
+                tick = tokio::time::interval(Duration::from_millis(200));
                 let boot_ms = started.elapsed().as_millis() as u64;
                 info!(boot_ms, vm = %name, runner = %name, "runner {name} is up");
                 emit(&LoopEvent::Up {
                     vm: name.clone(),
                     boot_ms,
                 });
+            }
+            // --warm: the next VM starts while this one's runner waits or works.
+            if ready
+                && !warmed
+                && !drained
+                && self.cfg.warm
+                && self.warm.is_none()
+                && self.more_to_come()
+            {
+                warmed = true;
+                self.prewarm().await;
             }
             // The guest's hint that a job runs: status only, never a decision.
             if ready && !busy && !drained && job.as_deref().is_some_and(safefs::is_regular) {
@@ -366,6 +391,120 @@ impl Loop {
         }
     }
 
+    /// `-D`: a private copy of just the entrypoint, made fresh for each VM, never
+    /// the directory it came from (by default this executable's, from which the
+    /// orchestrator starts loops again with the PAT).
+    fn dev_copy(&self) -> Result<Option<tempfile::TempDir>, RunnerError> {
+        match &self.cfg.dev {
+            Some((host, _)) => Ok(Some(dev_copy(host, self.dir.as_deref())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The spec of VM `name`, given its entrypoint's arguments.
+    fn vm_spec(&self, name: &str, args: Vec<String>, dev: Option<&tempfile::TempDir>) -> VmSpec {
+        let mut mounts = self.cfg.mounts.clone();
+        let entrypoint = match (&self.cfg.dev, dev) {
+            (Some((_, guest)), Some(copy)) => {
+                mounts.push(Mount {
+                    host: copy.path().to_path_buf(),
+                    guest: guest.clone(),
+                    options: None,
+                });
+                format!("{guest}/entrypoint")
+            }
+            _ => protocol::IMAGE_ENTRYPOINT.to_string(),
+        };
+        VmSpec {
+            name: name.to_string(),
+            image: self.cfg.image.clone(),
+            cpus: self.cfg.cpus,
+            memory: self.cfg.memory,
+            dns: self.cfg.dns.clone(),
+            env_dir: self.dir.clone(),
+            mounts,
+            entrypoint,
+            args,
+        }
+    }
+
+    /// `--warm`: start the next VM under a name chosen now, up to where it waits
+    /// for its configuration (registering nothing). A failure is said and costs
+    /// only the warm start: the next iteration boots as without --warm.
+    async fn prewarm(&mut self) {
+        let t0 = Instant::now();
+        let Ok(id) = crate::types::names::iteration_id(self.cfg.loop_id) else {
+            return;
+        };
+        let name = vm_name(&self.cfg.prefix, &id);
+        let dev = match self.dev_copy() {
+            Ok(d) => d,
+            Err(e) => {
+                warn!("--warm: cannot prepare the next VM: {e}");
+                return;
+            }
+        };
+        let spec = self.vm_spec(&name, guest_args(&id), dev.as_ref());
+        let started = match self.backend.create(&spec).await {
+            Ok(()) => self.backend.prestart(&spec).await,
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(Some(child)) => {
+                info!(
+                    vm = %name,
+                    warm_ms = t0.elapsed().as_millis() as u64,
+                    "VM {name} is warm: it waits for its configuration (prepared in {} ms)",
+                    t0.elapsed().as_millis()
+                );
+                self.warm = Some(Warm {
+                    id,
+                    spec,
+                    child,
+                    dev,
+                });
+            }
+            Ok(None) => {
+                let _ = self.backend.delete(&name).await;
+            }
+            Err(e) => {
+                warn!(vm = %name, "--warm: cannot prepare the next VM {name}: {}", chain(&e));
+                let _ = self.backend.delete(&name).await;
+            }
+        }
+    }
+
+    /// `--warm`: hand the warm VM its configuration; on failure it is removed
+    /// (said once) and the caller boots the VM as without --warm.
+    async fn hand_over(
+        &mut self,
+        spec: &VmSpec,
+        mut child: tokio::process::Child,
+    ) -> Option<tokio::process::Child> {
+        match self.backend.handoff(spec, &mut child).await {
+            Ok(()) => Some(child),
+            Err(e) => {
+                let name = &spec.name;
+                warn!(vm = %name, "VM {name} (warm): the hand-over failed ({}); starting it again", chain(&e));
+                self.backend.force_stop(name, &mut child).await;
+                let _ = child.wait().await;
+                let _ = self.backend.delete(name).await;
+                None
+            }
+        }
+    }
+
+    /// A warm VM that will not be used: stopped and removed like any other.
+    pub(super) async fn discard(&self, mut w: Warm) {
+        let name = &w.spec.name;
+        debug!(vm = %name, "removing the warm VM {name}");
+        self.backend.force_stop(name, &mut w.child).await;
+        let _ = w.child.wait().await;
+        if let Err(e) = self.backend.delete(name).await {
+            warn!(vm = %name, "cannot remove the warm VM {name}: {e}");
+        }
+    }
+
     pub(super) async fn lookup(&self, name: &str, runner_id: Option<u64>) -> Option<u64> {
         match runner_id {
             Some(id) => Some(id),
@@ -415,6 +554,18 @@ impl Loop {
         })?;
         emptied.map_err(|e| RunnerError::Io(format!("empty the loop directory after VM {name}"), e))
     }
+}
+
+/// The entrypoint's arguments for iteration `id`: its `.env` and `.tkn` as the
+/// guest sees them.
+fn guest_args(id: &str) -> Vec<String> {
+    let g = Path::new(protocol::GUEST_ENV_DIR);
+    vec![
+        "-E".into(),
+        file_in(g, id, Kind::Env).display().to_string(),
+        "-k".into(),
+        file_in(g, id, Kind::Tkn).display().to_string(),
+    ]
 }
 
 /// A fresh private directory holding a copy of `host/entrypoint`, for `-D`:

@@ -16,7 +16,11 @@ const MINT_ATTEMPTS: u32 = 3;
 impl Loop {
     /// Mint a credential under a fresh name; on 409 or an uncertain failure, remove
     /// whatever got that name and try again under another (never a blind re-POST).
-    pub(super) async fn mint(&self) -> Result<(String, Registration, Option<u64>), RunnerError> {
+    /// The first name tried is `preferred`'s when given (a warm VM's).
+    pub(super) async fn mint(
+        &self,
+        preferred: Option<&str>,
+    ) -> Result<(String, Registration, Option<u64>), RunnerError> {
         let mut last = None;
         for attempt in 1..=MINT_ATTEMPTS {
             self.budget
@@ -31,8 +35,11 @@ impl Loop {
             if self.stopping() {
                 return Err(RunnerError::Stopped);
             }
-            let id = iteration_id(self.cfg.loop_id)
-                .map_err(|e| RunnerError::Io("read the system's random source".into(), e))?;
+            let id = match preferred {
+                Some(p) if attempt == 1 => p.to_string(),
+                _ => iteration_id(self.cfg.loop_id)
+                    .map_err(|e| RunnerError::Io("read the system's random source".into(), e))?,
+            };
             let name = vm_name(&self.cfg.prefix, &id);
             if !self.cfg.jit {
                 let token = self.forge.registration_token().await?;

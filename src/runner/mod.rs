@@ -155,6 +155,10 @@ pub struct Loop {
     deadline: Option<Instant>,
     last_exit: Option<Instant>,
     budget: budget::Budget,
+    /// `--warm`: the next VM, started while a job runs, waiting for its configuration.
+    warm: Option<iteration::Warm>,
+    /// Iterations whose runner came up (`-r` counts them).
+    done: u64,
 }
 
 impl Loop {
@@ -218,6 +222,14 @@ impl Loop {
                 .map_err(|e| RunnerError::Io(format!("restrict {}", d.display()), e))?;
         }
         backend.prepare(&cfg.image).await?;
+        if cfg.warm && (backend.runtime() != crate::types::runtime::Runtime::Qemu || dir.is_none())
+        {
+            return Err(ConfigError(format!(
+                "--warm needs the qemu runtime with isolation (-R qemu), not {}",
+                backend.runtime().name()
+            ))
+            .into());
+        }
         let deadline = cfg.terminate.map(|t| Instant::now() + t);
         let (prefix_for_budget, rate_for_budget) = (cfg.prefix.clone(), cfg.registrations);
         info!(runtime = backend.runtime().name(), group = group_id, dir = ?dir, "runner loop {} ready", cfg.loop_id);
@@ -232,6 +244,8 @@ impl Loop {
             deadline,
             last_exit: None,
             budget: budget::Budget::for_prefix(&prefix_for_budget, rate_for_budget),
+            warm: None,
+            done: 0,
         })
     }
 
@@ -243,28 +257,44 @@ impl Loop {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
-    /// Run iterations until `-r`, `-k`, a signal or a valid `.brk`.
+    /// Run iterations until `-r`, `-k`, a signal or a valid `.brk`; a warm VM
+    /// left then is removed like any other.
     pub async fn run(mut self) -> Result<(), RunnerError> {
-        let mut done = 0u64;
+        let r = self.iterations().await;
+        if let Some(w) = self.warm.take() {
+            self.discard(w).await;
+        }
+        r
+    }
+
+    /// Will another iteration follow this one (`-r`, `-k`, a stop)?
+    pub(super) fn more_to_come(&self) -> bool {
+        !self.stopping() && !self.expired() && self.cfg.repeat.is_none_or(|r| self.done + 1 < r)
+    }
+
+    async fn iterations(&mut self) -> Result<(), RunnerError> {
         let mut failures = 0u32;
         let mut down = Outage::default();
         let mut full = Full::default();
         loop {
             if self.stopping() {
-                info!("asked to stop: loop ends after {done} job(s)");
+                info!("asked to stop: loop ends after {} job(s)", self.done);
                 return Ok(());
             }
             if self.expired() {
-                info!("lifetime (-k) reached: loop ends after {done} job(s)");
+                info!(
+                    "lifetime (-k) reached: loop ends after {} job(s)",
+                    self.done
+                );
                 return Ok(());
             }
-            if self.cfg.repeat.is_some_and(|r| done >= r) {
-                info!("{done} iteration(s) done (-r): loop ends");
+            if self.cfg.repeat.is_some_and(|r| self.done >= r) {
+                info!("{} iteration(s) done (-r): loop ends", self.done);
                 return Ok(());
             }
             let it = match self.iteration().await {
                 Err(RunnerError::Stopped) => {
-                    info!("asked to stop: loop ends after {done} job(s)");
+                    info!("asked to stop: loop ends after {} job(s)", self.done);
                     return Ok(());
                 }
                 // GitHub down or failing past the retries of one request: the loop
@@ -292,7 +322,7 @@ impl Loop {
                 });
             }
             if it.ready {
-                done += 1;
+                self.done += 1;
                 failures = 0;
             } else if let Some(why) = it.failure {
                 failures += 1;
@@ -321,7 +351,7 @@ impl Loop {
                 }
             }
             if it.end {
-                info!("loop ends after {done} job(s)");
+                info!("loop ends after {} job(s)", self.done);
                 return Ok(());
             }
         }

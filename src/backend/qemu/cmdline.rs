@@ -23,6 +23,9 @@ pub(super) enum Boot {
     /// Restored from a template (`-incoming`), with the template's devices and
     /// command line; its own comes over the resume port.
     Restore,
+    /// `--warm` without a template: booted cold with the template's devices and
+    /// command line, to wait for its own over the resume port.
+    Warm,
 }
 
 /// The file descriptor a restored QEMU reads its template from (`-incoming fd:`).
@@ -198,7 +201,7 @@ impl Qemu {
         let cmdline = self.lines(spec, &cmdline, &ghrm)?;
         let cmdline = match boot {
             Boot::Cold => cmdline.cold,
-            Boot::Template | Boot::Restore => cmdline.template,
+            Boot::Template | Boot::Restore | Boot::Warm => cmdline.template,
         };
         // x86 kernels cut the command line at 2048 bytes; in -I mode the guest's
         // configuration (JIT config included) travels on it.

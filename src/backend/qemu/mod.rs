@@ -227,6 +227,7 @@ impl Qemu {
     /// Remove the VM's state and scratch disk (its process is gone or being killed).
     fn remove(&self, name: &str) -> Result<(), BackendError> {
         self.drop_net(name);
+        self.forget_start(name);
         let scratch = self.scratch_path(name);
         protocol::safefs::remove(&scratch)
             .map_err(|e| BackendError::Spawn(format!("remove {}", scratch.display()), e))?;
@@ -282,6 +283,21 @@ impl Hypervisor for Qemu {
         spec: &'a VmSpec,
     ) -> BoxFuture<'a, Result<tokio::process::Child, BackendError>> {
         Box::pin(self.start_vm(spec))
+    }
+
+    fn prestart<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+    ) -> BoxFuture<'a, Result<Option<tokio::process::Child>, BackendError>> {
+        Box::pin(async move { self.prestart_vm(spec).await.map(Some) })
+    }
+
+    fn handoff<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+        child: &'a mut tokio::process::Child,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(self.handoff_vm(spec, child))
     }
 
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {

@@ -49,6 +49,9 @@ pub(super) struct Templates {
     disabled: Option<String>,
     /// VMs to restore, with their template, decided at create.
     restore: std::collections::HashMap<String, PathBuf>,
+    /// `--warm` VMs waiting for their hand-over: paused after a restore (true) or
+    /// booted cold to wait (false).
+    held: std::collections::HashMap<String, bool>,
 }
 
 /// Where this user's templates live.
@@ -91,6 +94,13 @@ fn digest(text: &str) -> String {
 }
 
 impl Qemu {
+    /// Forget what was planned for VM `name` (it is being removed).
+    pub(super) fn forget_start(&self, name: &str) {
+        let mut t = self.templates();
+        t.restore.remove(name);
+        t.held.remove(name);
+    }
+
     fn templates(&self) -> std::sync::MutexGuard<'_, Templates> {
         self.templates
             .lock()
@@ -374,6 +384,44 @@ impl Qemu {
     /// Restore `spec`'s VM from `mem` and hand it its resume message.
     async fn restore(&self, spec: &VmSpec, mem: &Path) -> Result<tokio::process::Child, String> {
         let line = self.resume_line(spec).map_err(|e| e.to_string())?;
+        let mut child = self.spawn_restore(spec, mem).await?;
+        match tokio::time::timeout(RESTORE_TIMEOUT, self.wake(spec, &mut child, &line, true)).await
+        {
+            Ok(Ok(())) => Ok(child),
+            outcome => Err(self.give_up(spec, &mut child, outcome).await),
+        }
+    }
+
+    /// Kill a VM whose restore or hand-over failed; why, with QEMU's own words.
+    async fn give_up(
+        &self,
+        spec: &VmSpec,
+        child: &mut tokio::process::Child,
+        outcome: Result<Result<(), String>, tokio::time::error::Elapsed>,
+    ) -> String {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        self.drop_net(&spec.name);
+        let qemu_log = std::fs::read(self.dir(&spec.name).join("qemu.log"))
+            .map(|b| crate::hosttool::stderr_tail(&b, 400))
+            .unwrap_or_default();
+        let why = match outcome {
+            Ok(Err(why)) => why,
+            _ => "no answer in time".to_string(),
+        };
+        match qemu_log.is_empty() {
+            true => why,
+            false => format!("{why}; QEMU said: {qemu_log}"),
+        }
+    }
+
+    /// Start QEMU restoring `spec`'s VM from `mem`; returns once the state is
+    /// loaded, the guest still paused.
+    async fn spawn_restore(
+        &self,
+        spec: &VmSpec,
+        mem: &Path,
+    ) -> Result<tokio::process::Child, String> {
         let file = open_regular(mem).map_err(|e| format!("open {}: {e}", mem.display()))?;
         let mut cmd = self
             .qemu_command(spec, Boot::Restore)
@@ -392,49 +440,19 @@ impl Qemu {
         let mut child = self
             .spawn_with_net(&spec.name, cmd)
             .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(RESTORE_TIMEOUT, self.resume(spec, &mut child, &line)).await {
+        match tokio::time::timeout(RESTORE_TIMEOUT, self.loaded(spec, &mut child)).await {
             Ok(Ok(())) => Ok(child),
-            outcome => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                self.drop_net(&spec.name);
-                let qemu_log = std::fs::read(self.dir(&spec.name).join("qemu.log"))
-                    .map(|b| crate::hosttool::stderr_tail(&b, 400))
-                    .unwrap_or_default();
-                let why = match outcome {
-                    Ok(Err(why)) => why,
-                    _ => format!("no answer within {}s", RESTORE_TIMEOUT.as_secs()),
-                };
-                Err(match qemu_log.is_empty() {
-                    true => why,
-                    false => format!("{why}; QEMU said: {qemu_log}"),
-                })
-            }
+            outcome => Err(self.give_up(spec, &mut child, outcome).await),
         }
     }
 
-    /// Wait for QEMU to load the template, let the guest run, send its resume
-    /// message (fresh entropy, the time now, its command line) and read its answer.
-    async fn resume(
-        &self,
-        spec: &VmSpec,
-        child: &mut tokio::process::Child,
-        line: &str,
-    ) -> Result<(), String> {
-        let d = self.dir(&spec.name);
-        let mut q = loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                return Err(format!("QEMU ended ({st})"));
-            }
-            match Qmp::connect(&d.join("qmp.sock")).await {
-                Ok(q) => break q,
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        };
+    /// Wait for QEMU to load the template.
+    async fn loaded(&self, spec: &VmSpec, child: &mut tokio::process::Child) -> Result<(), String> {
+        let mut q = self.qmp_of(spec, child).await?;
         loop {
             let r = q.execute("query-migrate", serde_json::json!({})).await?;
             match r.get("status").and_then(|s| s.as_str()) {
-                Some("completed") => break,
+                Some("completed") => return Ok(()),
                 Some("failed") | Some("cancelled") => {
                     return Err(r
                         .get("error-desc")
@@ -450,11 +468,50 @@ impl Qemu {
                 }
             }
         }
-        let ctl = d.join("ctl.sock");
-        let mut port = tokio::net::UnixStream::connect(&ctl)
-            .await
-            .map_err(|e| format!("connect to {}: {e}", ctl.display()))?;
-        q.execute("cont", serde_json::json!({})).await?;
+    }
+
+    /// QMP of a QEMU just started (its socket appears shortly).
+    async fn qmp_of(
+        &self,
+        spec: &VmSpec,
+        child: &mut tokio::process::Child,
+    ) -> Result<Qmp, String> {
+        let sock = self.dir(&spec.name).join("qmp.sock");
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!("QEMU ended ({st})"));
+            }
+            match Qmp::connect(&sock).await {
+                Ok(q) => return Ok(q),
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    /// Let a waiting guest go on (`paused`: restored, so `cont` it first): send its
+    /// resume message (fresh entropy, the time now, its command line) and read its
+    /// answer.
+    async fn wake(
+        &self,
+        spec: &VmSpec,
+        child: &mut tokio::process::Child,
+        line: &str,
+        paused: bool,
+    ) -> Result<(), String> {
+        let ctl = self.dir(&spec.name).join("ctl.sock");
+        let mut port = loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(format!("QEMU ended ({st})"));
+            }
+            match tokio::net::UnixStream::connect(&ctl).await {
+                Ok(p) => break p,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        if paused {
+            let mut q = self.qmp_of(spec, child).await?;
+            q.execute("cont", serde_json::json!({})).await?;
+        }
         let mut entropy = [0u8; ENTROPY];
         getrandom::fill(&mut entropy).map_err(|e| format!("host entropy: {e}"))?;
         let now = std::time::SystemTime::now()
@@ -486,6 +543,62 @@ impl Qemu {
             return Err("the guest did not acknowledge its resume message".into());
         }
         Ok(())
+    }
+
+    /// `--warm`: start `spec`'s VM up to where it waits for its configuration:
+    /// restored and paused when create planned a restore, else booted cold to wait.
+    pub(super) async fn prestart_vm(
+        &self,
+        spec: &VmSpec,
+    ) -> Result<tokio::process::Child, BackendError> {
+        let planned = self.templates().restore.remove(&spec.name);
+        if let Some(mem) = planned {
+            match self.spawn_restore(spec, &mem).await {
+                Ok(child) => {
+                    self.templates().held.insert(spec.name.clone(), true);
+                    return Ok(child);
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        "VM {}: the restore from the snapshot template {} failed ({why}); booting it cold, and the template is made again for the next VM",
+                        spec.name,
+                        mem.display()
+                    );
+                    let _ = std::fs::remove_file(&mem);
+                    let _ = std::fs::remove_file(mem.with_extension("key"));
+                    for f in ["qmp.sock", "ctl.sock"] {
+                        let _ = std::fs::remove_file(self.dir(&spec.name).join(f));
+                    }
+                }
+            }
+        }
+        let child = self.spawn_with_net(&spec.name, self.qemu_command(spec, Boot::Warm)?)?;
+        self.templates().held.insert(spec.name.clone(), false);
+        Ok(child)
+    }
+
+    /// `--warm`: hand a prestarted VM its configuration (its `.env` is written).
+    pub(super) async fn handoff_vm(
+        &self,
+        spec: &VmSpec,
+        child: &mut tokio::process::Child,
+    ) -> Result<(), BackendError> {
+        let paused = self.templates().held.remove(&spec.name).ok_or_else(|| {
+            BackendError::Snapshot(format!("VM {} was not prestarted", spec.name))
+        })?;
+        let line = self.resume_line(spec)?;
+        // A cold-booted warm VM may still be booting: give it a boot's time.
+        let within = if paused {
+            RESTORE_TIMEOUT
+        } else {
+            MAKE_TIMEOUT
+        };
+        match tokio::time::timeout(within, self.wake(spec, child, &line, paused)).await {
+            Ok(Ok(())) => Ok(()),
+            outcome => Err(BackendError::Snapshot(
+                self.give_up(spec, child, outcome).await,
+            )),
+        }
     }
 }
 

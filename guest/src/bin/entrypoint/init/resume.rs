@@ -50,10 +50,19 @@ pub fn wait() -> Result<String, String> {
     log!("{WAITING}");
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    // Until the host connects, a read returns 0 at once (virtio_console): poll.
+    // Until the host connects, a read returns 0 at once (virtio_console): poll,
+    // often at first (a restored guest is woken at once), then rarely (a warm VM
+    // booted cold may wait for a whole job).
+    let waiting = Instant::now();
     while !Resume::complete(&buf) {
         match f.read(&mut chunk) {
-            Ok(0) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(0) => std::thread::sleep(Duration::from_millis(
+                if waiting.elapsed() < Duration::from_secs(2) {
+                    5
+                } else {
+                    50
+                },
+            )),
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
                 if buf.len() > MAX_MESSAGE {
