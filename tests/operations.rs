@@ -74,6 +74,14 @@ fn status_follows_the_loops_and_drain_ends_them() {
     let job = w
         .forge
         .queue_job(REPO, &[], &format!("{PRELUDE}sleep 6\necho busy-done"));
+    // Stand-in VMs are up in a few tens of ms: slow the first mint so that a loop
+    // is seen before its runner is up.
+    w.forge.inject(
+        "POST",
+        "generate-jitconfig",
+        1,
+        ghrm::localforge::FaultKind::Delay(Duration::from_secs(1)),
+    );
     let mut p = w.orchestrator(
         &[
             "-n",
@@ -286,9 +294,10 @@ fn qemu_metrics_match_the_jobs_run() {
     ] {
         assert_eq!(sample(&m, name), Some(want), "{name}\n{m}\n{log}");
     }
-    // A TCG boot takes seconds: the histogram's sum says so.
+    // Boots are measured: even a restore from a snapshot template takes a tenth of
+    // a second under TCG, and none takes minutes.
     let sum = sample(&m, "ghrm_vm_boot_seconds_sum").unwrap();
-    assert!(sum > 1.0 && sum < 3.0 * 120.0, "{sum}\n{m}");
+    assert!(sum > 0.3 && sum < 3.0 * 120.0, "{sum}\n{m}");
     assert!(
         sample(&m, "ghrm_github_rate_limit_remaining").is_some(),
         "{m}"
