@@ -218,6 +218,24 @@ fn warm_vms_take_the_next_jobs() {
         assert_eq!(j.claims, 1);
     }
     assert_eq!(log.matches(WARM).count(), 2, "{log}");
+    // The previous runner's removal at GitHub waits for the next runner: it comes
+    // after the next mint.
+    let reqs = w.forge.requests();
+    let mints: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.contains("generate-jitconfig"))
+        .map(|r| r.at)
+        .collect();
+    let first_delete = reqs
+        .iter()
+        .find(|r| r.method == "DELETE" && r.path.contains("/actions/runners/"))
+        .map(|r| r.at)
+        .expect("no runner was deregistered");
+    assert_eq!(mints.len(), 3, "{reqs:?}");
+    assert!(
+        first_delete > mints[1],
+        "the first runner was deregistered before the second was minted"
+    );
     for pair in jobs.windows(2) {
         let (prev, next) = (
             pair[0].runner_name.as_deref().unwrap(),

@@ -230,6 +230,7 @@ impl Loop {
                     vm: name.clone(),
                     boot_ms,
                 });
+                self.flush_deferred().await;
             }
             // --warm: the next VM starts while this one's runner waits or works.
             if ready
@@ -303,6 +304,7 @@ impl Loop {
             }
         };
         self.last_exit = Some(Instant::now());
+        self.flush_deferred().await;
         // A fast guest can write .tkn, run its job and exit between two ticks.
         if !ready && tkn.as_deref().is_some_and(safefs::is_regular) {
             ready = true;
@@ -520,9 +522,10 @@ impl Loop {
 
     /// After every VM: remove it, everything in the loop directory (what one job
     /// left there must not reach the next, which may be another repository's),
-    /// and its registration if still there. A VM that cannot be confirmed gone
-    /// ends the loop: the next VM's `.env` would be written where it can still read.
-    async fn cleanup(&self, name: &str, runner_id: Option<u64>) -> Result<(), RunnerError> {
+    /// and its registration if still there — with a warm VM waiting, only once the
+    /// next runner is up ([`Loop::flush_deferred`]). A VM that cannot be confirmed
+    /// gone ends the loop: the next VM's `.env` would be written where it can still read.
+    async fn cleanup(&mut self, name: &str, runner_id: Option<u64>) -> Result<(), RunnerError> {
         let (prefix, keep) = (&self.cfg.prefix, self.cfg.keep_consoles);
         if let Err(e) = self.backend.keep_console(name, prefix, keep) {
             warn!(vm = %name, "cannot keep the console of VM {name} (--keep-consoles): {e}");
@@ -538,6 +541,28 @@ impl Loop {
                 Err(_) => retire(dir, name),
             };
         }
+        if self.warm.is_some() && gone.is_ok() {
+            self.flush_deferred().await;
+            self.deferred = Some((name.to_string(), runner_id));
+        } else {
+            self.deregister(name, runner_id).await;
+        }
+        gone.map_err(|e| RunnerError::VmNotGone {
+            name: name.to_string(),
+            source: e,
+        })?;
+        emptied.map_err(|e| RunnerError::Io(format!("empty the loop directory after VM {name}"), e))
+    }
+
+    /// `--warm`: remove the registration whose removal waited for the next runner.
+    pub(super) async fn flush_deferred(&mut self) {
+        if let Some((name, runner_id)) = self.deferred.take() {
+            self.deregister(&name, runner_id).await;
+        }
+    }
+
+    /// Remove VM `name`'s registration at GitHub if it is still there.
+    async fn deregister(&self, name: &str, runner_id: Option<u64>) {
         if let Some(rid) = self.lookup(name, runner_id).await {
             match self.forge.delete_runner(rid).await {
                 Ok(Deletion::Deleted) => debug!("deregistered {name} at GitHub"),
@@ -548,11 +573,6 @@ impl Loop {
                 Err(e) => warn!("cannot deregister {name}: {e}"),
             }
         }
-        gone.map_err(|e| RunnerError::VmNotGone {
-            name: name.to_string(),
-            source: e,
-        })?;
-        emptied.map_err(|e| RunnerError::Io(format!("empty the loop directory after VM {name}"), e))
     }
 }
 

@@ -159,6 +159,9 @@ pub struct Loop {
     warm: Option<iteration::Warm>,
     /// Iterations whose runner came up (`-r` counts them).
     done: u64,
+    /// `--warm`: the previous VM's registration, removed once the next runner is up
+    /// (its VM is gone and its directory emptied already).
+    deferred: Option<(String, Option<u64>)>,
 }
 
 impl Loop {
@@ -246,6 +249,7 @@ impl Loop {
             budget: budget::Budget::for_prefix(&prefix_for_budget, rate_for_budget),
             warm: None,
             done: 0,
+            deferred: None,
         })
     }
 
@@ -264,6 +268,7 @@ impl Loop {
         if let Some(w) = self.warm.take() {
             self.discard(w).await;
         }
+        self.flush_deferred().await;
         r
     }
 
