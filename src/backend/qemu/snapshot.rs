@@ -604,13 +604,15 @@ impl Qemu {
 
 /// Take `path`'s lock, waiting while another loop makes the same template.
 async fn lock(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let deadline = Instant::now() + MAKE_TIMEOUT + Duration::from_secs(60);
     loop {
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .custom_flags_nofollow()
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| format!("open {}: {e}", path.display()))?;
         match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
@@ -634,17 +636,6 @@ fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
         return Err(std::io::Error::other("not a regular file"));
     }
     Ok(f)
-}
-
-trait NoFollow {
-    fn custom_flags_nofollow(&mut self) -> &mut Self;
-}
-
-impl NoFollow for std::fs::OpenOptions {
-    fn custom_flags_nofollow(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOFOLLOW).mode(0o600)
-    }
 }
 
 /// Keep the [`KEEP`] most recently used templates (and `keep`'s).
