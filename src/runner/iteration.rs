@@ -52,6 +52,9 @@ impl Iteration {
 
 impl Loop {
     pub(super) async fn iteration(&mut self) -> Result<Iteration, RunnerError> {
+        // QEMU or the bundle gone under the loop: no runner is minted for a VM that
+        // cannot start (the loop waits for it to come back).
+        self.backend.check_host(&self.cfg.image)?;
         emit(&LoopEvent::Minting);
         let (id, registration, runner_id) = match self.mint().await {
             Ok(m) => m,
@@ -168,6 +171,8 @@ impl Loop {
     ) -> Result<Iteration, RunnerError> {
         let name = &spec.name;
         if let Err(e) = self.backend.create(spec).await {
+            // Gone between the check before minting and now: the same wait.
+            self.backend.check_host(&spec.image)?;
             let why = format!("cannot create VM {name}: {}", chain(&e));
             return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
         }
@@ -176,6 +181,7 @@ impl Loop {
         let mut child = match self.backend.start(spec).await {
             Ok(c) => c,
             Err(e) => {
+                self.backend.check_host(&spec.image)?;
                 let why = format!("cannot start VM {name}: {}", chain(&e));
                 return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
             }

@@ -316,6 +316,35 @@ impl Hypervisor for Qemu {
         keep::keep(&self.console_path(name), name, prefix, keep)
     }
 
+    fn check_host(&self, image: &str) -> Result<(), BackendError> {
+        if !self.binary.is_file() {
+            return Err(BackendError::Gone {
+                what: format!("QEMU ({})", self.binary.display()),
+                fix: format!(
+                    "{QEMU_HINT} (the loop goes on once it is back at that path; restart the \
+                     orchestrator to use one elsewhere on PATH)"
+                ),
+            });
+        }
+        let bundle = Path::new(image);
+        let files = self.bundle(bundle).and_then(|(kernel, initrd, _)| {
+            match [&kernel, &initrd].into_iter().find(|f| !f.is_file()) {
+                Some(f) => Err(BackendError::Image(
+                    bundle.into(),
+                    format!("{} is missing", f.display()),
+                )),
+                None => Ok(()),
+            }
+        });
+        files.map_err(|e| BackendError::Gone {
+            what: format!("the bundle -i {image}"),
+            fix: format!(
+                "{}; make it again with `orchestrator image bundle --out {image}` (the loop goes on once it is back)",
+                error_chain(&e)
+            ),
+        })
+    }
+
     fn powerdown<'a>(&'a self, name: &'a str) -> BoxFuture<'a, bool> {
         Box::pin(Qemu::powerdown(self, name))
     }
@@ -336,6 +365,18 @@ pub fn describe_exit(st: &std::process::ExitStatus) -> (bool, String) {
     }
 }
 
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,3 +394,4 @@ mod tests {
         );
     }
 }
+
