@@ -17,6 +17,8 @@ use ghrm::localforge::{Conclusion, FaultKind, JobStatus, LOST_RUNNER};
 const PREFIX: &str = "chaos";
 /// The local forge's runner timeout (GitHub: minutes).
 const RUNNER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a loop asks the forge about its running VM's runner (GitHub: 60 s).
+const GONE_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -41,9 +43,13 @@ enum Fault {
     ForgeOutage,
     /// 200 with JSON cut short.
     ForgeMalformed,
+    /// The connection reset (`SO_LINGER` 0: no answer), before or after the
+    /// forge did the work.
+    ForgeReset,
     /// The VM's processes SIGKILLed.
     VmKill,
-    /// The VM's processes SIGSTOPped (a `.tkn` written, then the guest hangs).
+    /// The VM's processes SIGSTOPped (a `.tkn` written, then the guest hangs):
+    /// its runner goes offline at the forge, which ends the VM (idle, busy).
     VmStop,
     /// The runner loop SIGKILLed (the orchestrator restarts it).
     LoopKill,
@@ -88,6 +94,10 @@ const CI: &[Scenario] = &[
         fault: Fault::ForgeOutage,
     },
     Scenario {
+        phase: Phase::Mint,
+        fault: Fault::ForgeReset,
+    },
+    Scenario {
         phase: Phase::Idle,
         fault: Fault::ForgeOutage,
     },
@@ -124,8 +134,16 @@ const CI: &[Scenario] = &[
         fault: Fault::Forge5xx,
     },
     Scenario {
+        phase: Phase::Drain,
+        fault: Fault::ForgeReset,
+    },
+    Scenario {
         phase: Phase::Busy,
         fault: Fault::VmKill,
+    },
+    Scenario {
+        phase: Phase::Busy,
+        fault: Fault::VmStop,
     },
     Scenario {
         phase: Phase::Busy,
@@ -183,10 +201,10 @@ const LONG: &[(Scenario, &str)] = &[
     ),
     (
         Scenario {
-            phase: Phase::Busy,
-            fault: Fault::VmStop,
+            phase: Phase::Idle,
+            fault: Fault::ForgeReset,
         },
-        "waits out --vm-lifetime (8 s)",
+        "as mint/forgereset, later",
     ),
     (
         Scenario {
@@ -346,10 +364,12 @@ fn run(sc: Scenario, seed: u64) -> Row {
     // A runner silent this long is offline at the forge and its job failed.
     w.forge.set_runner_timeout(RUNNER_TIMEOUT);
     let busy_secs = 2 + rng.below(3);
-    let mut runner_args = vec!["-u", "root", "--grace", "15", "--boot-timeout", "4"];
-    if sc.fault == Fault::VmStop {
-        runner_args.extend(["--vm-lifetime", "8"]);
-    }
+    // The loop asks the forge about its running VM's runner every second.
+    w.env
+        .lock()
+        .unwrap()
+        .push(("GHRM_GONE_CHECK_SECONDS".into(), GONE_CHECK.as_secs().to_string()));
+    let runner_args = ["-u", "root", "--grace", "15", "--boot-timeout", "4"];
     let orch_args = ["-n", "1", "-R", "krunvm", "-p", PREFIX, "--reconcile", "1"];
     let mut problems = vec![];
     let mut jobs = vec![];
@@ -402,6 +422,14 @@ fn run(sc: Scenario, seed: u64) -> Row {
                 .inject(method, path, 1 + rng.below(2) as u32, FaultKind::Malformed)
         }
         Fault::ForgeOutage => w.forge.outage(Duration::from_secs(3) + rng.millis(3000)),
+        Fault::ForgeReset => w.forge.inject(
+            method,
+            path,
+            1 + rng.below(2) as u32,
+            FaultKind::Reset {
+                after_work: rng.below(2) == 1,
+            },
+        ),
         _ => {}
     };
     let mut fault_at = Instant::now();
@@ -429,6 +457,10 @@ fn run(sc: Scenario, seed: u64) -> Row {
                     ours(&w).iter().any(|r| r.status == "online")
                 })?;
                 std::thread::sleep(rng.millis(1000));
+                if sc.fault == Fault::VmStop {
+                    // Seen online by the loop's own check before it freezes.
+                    std::thread::sleep(GONE_CHECK * 2);
+                }
             }
             Phase::Busy | Phase::Drain => {
                 wait("a busy runner", t, || ours(&w).iter().any(|r| r.busy))?;
@@ -586,6 +618,7 @@ fn run(sc: Scenario, seed: u64) -> Row {
         Fault::ForgeMalformed => {
             seen(&|r| r.path.ends_with("/generate-jitconfig") && r.status == 200)
         }
+        Fault::ForgeReset => seen(&|r| r.status == 0),
         _ => true,
     };
     if !met {
@@ -619,6 +652,14 @@ fn run(sc: Scenario, seed: u64) -> Row {
                 "the restarted orchestrator did not remove {v} at start"
             ));
         }
+    }
+    // A frozen guest whose runner the forge shows offline is ended by its loop
+    // (idle; busy once the forge failed its job), not left to --vm-lifetime.
+    if sc.fault == Fault::VmStop
+        && sc.phase != Phase::Drain
+        && !log.contains("is offline at GitHub but its VM still runs")
+    {
+        problems.push("the frozen VM was not ended for its runner offline".into());
     }
     if !problems.is_empty() {
         eprintln!("----- {} (seed {seed}) -----\n{log}", sc.name());
