@@ -14,11 +14,11 @@ use nix::sys::signal::Signal;
 use crate::common::{World, PRELUDE, REPO};
 use ghrm::localforge::{Conclusion, FaultKind, JobStatus, LOST_RUNNER};
 
-const PREFIX: &str = "chaos";
+pub(crate) const PREFIX: &str = "chaos";
 /// The local forge's runner timeout (GitHub: minutes).
-const RUNNER_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const RUNNER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a loop asks the forge about its running VM's runner (GitHub: 60 s).
-const GONE_CHECK: Duration = Duration::from_secs(1);
+pub(crate) const GONE_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -223,51 +223,51 @@ const LONG: &[(Scenario, &str)] = &[
 ];
 
 /// splitmix64: a tiny seeded generator, so a printed seed replays a scenario.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-    fn millis(&mut self, max: u64) -> Duration {
+    pub(crate) fn millis(&mut self, max: u64) -> Duration {
         Duration::from_millis(self.below(max + 1))
     }
 }
 
-fn mix(seed: u64, i: u64) -> u64 {
+pub(crate) fn mix(seed: u64, i: u64) -> u64 {
     Rng(seed ^ i.wrapping_mul(0xA076_1D64_78BD_642F)).next()
 }
 
 /// One table row.
-struct Row {
-    name: String,
-    seed: u64,
-    jobs: String,
-    registrations: usize,
-    vms: usize,
-    roots: usize,
-    procs: usize,
-    exit: String,
-    error: String,
-    recover: Duration,
-    problems: Vec<String>,
+pub(crate) struct Row {
+    pub(crate) name: String,
+    pub(crate) seed: u64,
+    pub(crate) jobs: String,
+    pub(crate) registrations: usize,
+    pub(crate) vms: usize,
+    pub(crate) roots: usize,
+    pub(crate) procs: usize,
+    pub(crate) exit: String,
+    pub(crate) error: String,
+    pub(crate) recover: Duration,
+    pub(crate) problems: Vec<String>,
 }
 
-fn header() {
+pub(crate) fn header() {
     println!(
         "{:<24} {:>20} {:<16} {:>4} {:>3} {:>5} {:>5} {:<6} {:>8}  error line",
         "scenario", "seed", "jobs q/ok/fail", "regs", "vms", "roots", "procs", "exit", "recover"
     );
 }
 
-fn print_row(r: &Row) {
+pub(crate) fn print_row(r: &Row) {
     println!(
         "{:<24} {:>20} {:<16} {:>4} {:>3} {:>5} {:>5} {:<6} {:>7.1}s  {}{}",
         r.name,
@@ -288,7 +288,11 @@ fn print_row(r: &Row) {
     );
 }
 
-fn wait(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Result<(), String> {
+pub(crate) fn wait(
+    what: &str,
+    within: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Result<(), String> {
     let end = Instant::now() + within;
     while !cond() {
         if Instant::now() >= end {
@@ -330,11 +334,11 @@ fn vm_pids(w: &World, name: &str) -> Vec<i32> {
         .collect()
 }
 
-fn kill(pid: i32, sig: Signal) {
+pub(crate) fn kill(pid: i32, sig: Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
-fn ours(w: &World) -> Vec<ghrm::localforge::Runner> {
+pub(crate) fn ours(w: &World) -> Vec<ghrm::localforge::Runner> {
     w.forge
         .runners()
         .into_iter()
@@ -365,10 +369,10 @@ fn run(sc: Scenario, seed: u64) -> Row {
     w.forge.set_runner_timeout(RUNNER_TIMEOUT);
     let busy_secs = 2 + rng.below(3);
     // The loop asks the forge about its running VM's runner every second.
-    w.env
-        .lock()
-        .unwrap()
-        .push(("GHRM_GONE_CHECK_SECONDS".into(), GONE_CHECK.as_secs().to_string()));
+    w.env.lock().unwrap().push((
+        "GHRM_GONE_CHECK_SECONDS".into(),
+        GONE_CHECK.as_secs().to_string(),
+    ));
     let runner_args = ["-u", "root", "--grace", "15", "--boot-timeout", "4"];
     let orch_args = ["-n", "1", "-R", "krunvm", "-p", PREFIX, "--reconcile", "1"];
     let mut problems = vec![];
@@ -679,7 +683,10 @@ fn run(sc: Scenario, seed: u64) -> Row {
     }
 }
 
-fn wait_exit(p: &mut crate::common::Proc, within: Duration) -> Option<std::process::ExitStatus> {
+pub(crate) fn wait_exit(
+    p: &mut crate::common::Proc,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
     let end = Instant::now() + within;
     loop {
         if let Ok(Some(st)) = p.child.try_wait() {

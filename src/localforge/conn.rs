@@ -44,11 +44,8 @@ impl Conn {
             l_onoff: 1,
             l_linger: 0,
         };
-        let _ = nix::sys::socket::setsockopt(
-            &self.stream,
-            nix::sys::socket::sockopt::Linger,
-            &linger,
-        );
+        let _ =
+            nix::sys::socket::setsockopt(&self.stream, nix::sys::socket::sockopt::Linger, &linger);
         Some(io::Error::from(io::ErrorKind::ConnectionReset))
     }
 }

@@ -369,8 +369,8 @@ impl LocalForge {
                     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
-                    let app = routes::router(st)
-                        .into_make_service_with_connect_info::<conn::Resetter>();
+                    let app =
+                        routes::router(st).into_make_service_with_connect_info::<conn::Resetter>();
                     let _ = axum::serve(conn::Listener(listener), app)
                         .with_graceful_shutdown(async {
                             let _ = rx.await;

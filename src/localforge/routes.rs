@@ -414,7 +414,10 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
                     let _ = route(&mut st, &parts, &segs, &q, &path, &body);
                 }
                 reset = true;
-                error(StatusCode::INTERNAL_SERVER_ERROR, "never sent: the connection is reset")
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "never sent: the connection is reset",
+                )
             }
             Some(FaultKind::Delay(_)) | None => route(&mut st, &parts, &segs, &q, &path, &body),
         },

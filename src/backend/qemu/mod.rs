@@ -321,8 +321,7 @@ impl Hypervisor for Qemu {
             return Err(BackendError::Gone {
                 what: format!("QEMU ({})", self.binary.display()),
                 fix: format!(
-                    "{QEMU_HINT} (the loop goes on once it is back at that path; restart the \
-                     orchestrator to use one elsewhere on PATH)"
+                    "{QEMU_HINT}, at that path (restart the orchestrator to use one elsewhere on PATH)"
                 ),
             });
         }
@@ -339,7 +338,7 @@ impl Hypervisor for Qemu {
         files.map_err(|e| BackendError::Gone {
             what: format!("the bundle -i {image}"),
             fix: format!(
-                "{}; make it again with `orchestrator image bundle --out {image}` (the loop goes on once it is back)",
+                "{}; make it again (`orchestrator image bundle … --out {image}`) or restore it",
                 error_chain(&e)
             ),
         })
@@ -394,4 +393,3 @@ mod tests {
         );
     }
 }
-
