@@ -14,9 +14,11 @@ use nix::sys::signal::Signal;
 use crate::common::{World, PRELUDE, REPO};
 use ghrm::localforge::{Conclusion, FaultKind, JobStatus, LOST_RUNNER};
 
-const PREFIX: &str = "chaos";
+pub(crate) const PREFIX: &str = "chaos";
 /// The local forge's runner timeout (GitHub: minutes).
-const RUNNER_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const RUNNER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a loop asks the forge about its running VM's runner (GitHub: 60 s).
+pub(crate) const GONE_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -41,9 +43,13 @@ enum Fault {
     ForgeOutage,
     /// 200 with JSON cut short.
     ForgeMalformed,
+    /// The connection reset (`SO_LINGER` 0: no answer), before or after the
+    /// forge did the work.
+    ForgeReset,
     /// The VM's processes SIGKILLed.
     VmKill,
-    /// The VM's processes SIGSTOPped (a `.tkn` written, then the guest hangs).
+    /// The VM's processes SIGSTOPped (a `.tkn` written, then the guest hangs):
+    /// its runner goes offline at the forge, which ends the VM (idle, busy).
     VmStop,
     /// The runner loop SIGKILLed (the orchestrator restarts it).
     LoopKill,
@@ -88,6 +94,10 @@ const CI: &[Scenario] = &[
         fault: Fault::ForgeOutage,
     },
     Scenario {
+        phase: Phase::Mint,
+        fault: Fault::ForgeReset,
+    },
+    Scenario {
         phase: Phase::Idle,
         fault: Fault::ForgeOutage,
     },
@@ -124,8 +134,16 @@ const CI: &[Scenario] = &[
         fault: Fault::Forge5xx,
     },
     Scenario {
+        phase: Phase::Drain,
+        fault: Fault::ForgeReset,
+    },
+    Scenario {
         phase: Phase::Busy,
         fault: Fault::VmKill,
+    },
+    Scenario {
+        phase: Phase::Busy,
+        fault: Fault::VmStop,
     },
     Scenario {
         phase: Phase::Busy,
@@ -183,10 +201,10 @@ const LONG: &[(Scenario, &str)] = &[
     ),
     (
         Scenario {
-            phase: Phase::Busy,
-            fault: Fault::VmStop,
+            phase: Phase::Idle,
+            fault: Fault::ForgeReset,
         },
-        "waits out --vm-lifetime (8 s)",
+        "as mint/forgereset, later",
     ),
     (
         Scenario {
@@ -205,51 +223,51 @@ const LONG: &[(Scenario, &str)] = &[
 ];
 
 /// splitmix64: a tiny seeded generator, so a printed seed replays a scenario.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-    fn millis(&mut self, max: u64) -> Duration {
+    pub(crate) fn millis(&mut self, max: u64) -> Duration {
         Duration::from_millis(self.below(max + 1))
     }
 }
 
-fn mix(seed: u64, i: u64) -> u64 {
+pub(crate) fn mix(seed: u64, i: u64) -> u64 {
     Rng(seed ^ i.wrapping_mul(0xA076_1D64_78BD_642F)).next()
 }
 
 /// One table row.
-struct Row {
-    name: String,
-    seed: u64,
-    jobs: String,
-    registrations: usize,
-    vms: usize,
-    roots: usize,
-    procs: usize,
-    exit: String,
-    error: String,
-    recover: Duration,
-    problems: Vec<String>,
+pub(crate) struct Row {
+    pub(crate) name: String,
+    pub(crate) seed: u64,
+    pub(crate) jobs: String,
+    pub(crate) registrations: usize,
+    pub(crate) vms: usize,
+    pub(crate) roots: usize,
+    pub(crate) procs: usize,
+    pub(crate) exit: String,
+    pub(crate) error: String,
+    pub(crate) recover: Duration,
+    pub(crate) problems: Vec<String>,
 }
 
-fn header() {
+pub(crate) fn header() {
     println!(
         "{:<24} {:>20} {:<16} {:>4} {:>3} {:>5} {:>5} {:<6} {:>8}  error line",
         "scenario", "seed", "jobs q/ok/fail", "regs", "vms", "roots", "procs", "exit", "recover"
     );
 }
 
-fn print_row(r: &Row) {
+pub(crate) fn print_row(r: &Row) {
     println!(
         "{:<24} {:>20} {:<16} {:>4} {:>3} {:>5} {:>5} {:<6} {:>7.1}s  {}{}",
         r.name,
@@ -270,7 +288,11 @@ fn print_row(r: &Row) {
     );
 }
 
-fn wait(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Result<(), String> {
+pub(crate) fn wait(
+    what: &str,
+    within: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Result<(), String> {
     let end = Instant::now() + within;
     while !cond() {
         if Instant::now() >= end {
@@ -312,11 +334,11 @@ fn vm_pids(w: &World, name: &str) -> Vec<i32> {
         .collect()
 }
 
-fn kill(pid: i32, sig: Signal) {
+pub(crate) fn kill(pid: i32, sig: Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
-fn ours(w: &World) -> Vec<ghrm::localforge::Runner> {
+pub(crate) fn ours(w: &World) -> Vec<ghrm::localforge::Runner> {
     w.forge
         .runners()
         .into_iter()
@@ -346,10 +368,12 @@ fn run(sc: Scenario, seed: u64) -> Row {
     // A runner silent this long is offline at the forge and its job failed.
     w.forge.set_runner_timeout(RUNNER_TIMEOUT);
     let busy_secs = 2 + rng.below(3);
-    let mut runner_args = vec!["-u", "root", "--grace", "15", "--boot-timeout", "4"];
-    if sc.fault == Fault::VmStop {
-        runner_args.extend(["--vm-lifetime", "8"]);
-    }
+    // The loop asks the forge about its running VM's runner every second.
+    w.env.lock().unwrap().push((
+        "GHRM_GONE_CHECK_SECONDS".into(),
+        GONE_CHECK.as_secs().to_string(),
+    ));
+    let runner_args = ["-u", "root", "--grace", "15", "--boot-timeout", "4"];
     let orch_args = ["-n", "1", "-R", "krunvm", "-p", PREFIX, "--reconcile", "1"];
     let mut problems = vec![];
     let mut jobs = vec![];
@@ -402,6 +426,14 @@ fn run(sc: Scenario, seed: u64) -> Row {
                 .inject(method, path, 1 + rng.below(2) as u32, FaultKind::Malformed)
         }
         Fault::ForgeOutage => w.forge.outage(Duration::from_secs(3) + rng.millis(3000)),
+        Fault::ForgeReset => w.forge.inject(
+            method,
+            path,
+            1 + rng.below(2) as u32,
+            FaultKind::Reset {
+                after_work: rng.below(2) == 1,
+            },
+        ),
         _ => {}
     };
     let mut fault_at = Instant::now();
@@ -429,6 +461,10 @@ fn run(sc: Scenario, seed: u64) -> Row {
                     ours(&w).iter().any(|r| r.status == "online")
                 })?;
                 std::thread::sleep(rng.millis(1000));
+                if sc.fault == Fault::VmStop {
+                    // Seen online by the loop's own check before it freezes.
+                    std::thread::sleep(GONE_CHECK * 2);
+                }
             }
             Phase::Busy | Phase::Drain => {
                 wait("a busy runner", t, || ours(&w).iter().any(|r| r.busy))?;
@@ -586,6 +622,7 @@ fn run(sc: Scenario, seed: u64) -> Row {
         Fault::ForgeMalformed => {
             seen(&|r| r.path.ends_with("/generate-jitconfig") && r.status == 200)
         }
+        Fault::ForgeReset => seen(&|r| r.status == 0),
         _ => true,
     };
     if !met {
@@ -620,6 +657,14 @@ fn run(sc: Scenario, seed: u64) -> Row {
             ));
         }
     }
+    // A frozen guest whose runner the forge shows offline is ended by its loop
+    // (idle; busy once the forge failed its job), not left to --vm-lifetime.
+    if sc.fault == Fault::VmStop
+        && sc.phase != Phase::Drain
+        && !log.contains("is offline at GitHub but its VM still runs")
+    {
+        problems.push("the frozen VM was not ended for its runner offline".into());
+    }
     if !problems.is_empty() {
         eprintln!("----- {} (seed {seed}) -----\n{log}", sc.name());
     }
@@ -638,7 +683,10 @@ fn run(sc: Scenario, seed: u64) -> Row {
     }
 }
 
-fn wait_exit(p: &mut crate::common::Proc, within: Duration) -> Option<std::process::ExitStatus> {
+pub(crate) fn wait_exit(
+    p: &mut crate::common::Proc,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
     let end = Instant::now() + within;
     loop {
         if let Ok(Some(st)) = p.child.try_wait() {

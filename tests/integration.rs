@@ -3,6 +3,7 @@
 //! Run `scripts/build.sh` first (the README's test command does).
 
 mod chaos;
+mod chaos_qemu;
 mod cli;
 mod common;
 mod doctor;

@@ -76,6 +76,16 @@ pub enum BackendError {
     /// The image is not a usable QEMU bundle; the cause follows.
     #[error("-i {0}: not a usable QEMU bundle")]
     Bundle(std::path::PathBuf, #[source] crate::image::ImageError),
+    /// Something the loop started with is gone from this host (the hypervisor's
+    /// executable, the bundle): the loop waits for it rather than mint runners
+    /// whose VMs cannot start.
+    #[error("{what} is gone from this host; {fix}")]
+    Gone {
+        /// What, with its path.
+        what: String,
+        /// How to bring it back.
+        fix: String,
+    },
 }
 
 /// One hypervisor. Methods with a default are capabilities some backends lack.
@@ -170,6 +180,13 @@ pub trait Hypervisor: std::fmt::Debug {
     /// False when nothing was sent.
     fn powerdown<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, bool> {
         Box::pin(async { false })
+    }
+
+    /// Before each VM (cheap: no process): is what the loop started with still on
+    /// this host? [`BackendError::Gone`] when not. Backends whose tools are looked
+    /// up at every start have nothing to check.
+    fn check_host(&self, _image: &str) -> Result<(), BackendError> {
+        Ok(())
     }
 }
 
@@ -270,6 +287,11 @@ impl Backend {
     /// Keep the ended VM's console (the newest `keep` of its loop), where there is one.
     pub fn keep_console(&self, name: &str, prefix: &str, keep: u32) -> std::io::Result<()> {
         self.0.keep_console(name, prefix, keep)
+    }
+
+    /// See [`Hypervisor::check_host`].
+    pub fn check_host(&self, image: &str) -> Result<(), BackendError> {
+        self.0.check_host(image)
     }
 
     /// Ask the guest to shut down through the hypervisor, where there is a way.

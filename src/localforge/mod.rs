@@ -13,6 +13,7 @@
 //! communication with the server"); a DELETE of it then succeeds. The forge
 //! notices at its next request or snapshot, never in between.
 
+mod conn;
 mod routes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -183,6 +184,13 @@ pub enum FaultKind {
     Delay(std::time::Duration),
     /// Answer 200 with a JSON body cut short (a broken proxy), without doing the work.
     Malformed,
+    /// No answer: the connection is reset (`SO_LINGER` 0, then closed; the client
+    /// reads ECONNRESET), before the work or, with `after_work`, after it (a
+    /// runner created whose JIT config never arrives).
+    Reset {
+        /// Do the work first.
+        after_work: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -202,7 +210,7 @@ pub struct Request {
     pub method: String,
     /// Path and query.
     pub path: String,
-    /// Status answered.
+    /// Status answered (0: none, the connection was reset).
     pub status: u16,
 }
 
@@ -361,8 +369,9 @@ impl LocalForge {
                     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
-                    let app = routes::router(st);
-                    let _ = axum::serve(listener, app)
+                    let app =
+                        routes::router(st).into_make_service_with_connect_info::<conn::Resetter>();
+                    let _ = axum::serve(conn::Listener(listener), app)
                         .with_graceful_shutdown(async {
                             let _ = rx.await;
                         })
@@ -621,5 +630,49 @@ mod tests {
         assert_eq!(jb.status, JobStatus::InProgress);
         // Only once: a later look changes nothing.
         assert_eq!(forge.jobs()[0].completed_at, ja.completed_at);
+    }
+
+    /// `FaultKind::Reset`: the client reads ECONNRESET, never an answer; before the
+    /// work nothing is created, after it the runner exists; the next request on a
+    /// new connection is answered.
+    #[test]
+    fn a_reset_fault_resets_the_connection() {
+        use std::io::{Read, Write};
+        let forge = LocalForge::start(0, &["pat"]).unwrap();
+        let post = |name: &str| {
+            let body = format!(r#"{{"name":"{name}","runner_group_id":1,"labels":["x"]}}"#);
+            let mut c = std::net::TcpStream::connect(forge.addr()).unwrap();
+            c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .unwrap();
+            write!(
+                c,
+                "POST /repos/o/r/actions/runners/generate-jitconfig HTTP/1.1\r\nHost: x\r\n\
+                 Authorization: Bearer pat\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut out = vec![];
+            c.read_to_end(&mut out).map(|_| out)
+        };
+        for (after_work, name) in [(false, "a"), (true, "b")] {
+            forge.inject(
+                "POST",
+                "/generate-jitconfig",
+                1,
+                FaultKind::Reset { after_work },
+            );
+            let e = post(name).expect_err("an answer came through a reset");
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+            assert_eq!(
+                forge.runners().iter().any(|r| r.name == name),
+                after_work,
+                "{:?}",
+                forge.runners()
+            );
+        }
+        assert!(forge.requests().iter().all(|r| r.status == 0));
+        let ok = post("c").unwrap();
+        assert!(String::from_utf8_lossy(&ok).starts_with("HTTP/1.1 201"));
     }
 }

@@ -5,13 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State as AxState};
+use axum::extract::{ConnectInfo, Request, State as AxState};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
 
+use super::conn::Resetter;
 use super::{Conclusion, FaultKind, JobStatus, PatKind, Runner, Scope, State};
 
 type Shared = Arc<Mutex<State>>;
@@ -366,6 +367,7 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
             f.times -= 1;
             f.kind.clone()
         });
+    let mut reset = false;
     let mut resp = match (refusal, fault) {
         (Some(r), _) => r,
         (None, fault) => match fault {
@@ -407,9 +409,26 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
                 r#"{"runner": {"id": 1, "na"#,
             )
                 .into_response(),
+            Some(FaultKind::Reset { after_work }) => {
+                if after_work {
+                    let _ = route(&mut st, &parts, &segs, &q, &path, &body);
+                }
+                reset = true;
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "never sent: the connection is reset",
+                )
+            }
             Some(FaultKind::Delay(_)) | None => route(&mut st, &parts, &segs, &q, &path, &body),
         },
     };
+    if reset {
+        match parts.extensions.get::<ConnectInfo<Resetter>>() {
+            Some(ConnectInfo(r)) => r.reset(),
+            // Served without the forge's listener (no connection to reset).
+            None => reset = false,
+        }
+    }
     // As GitHub: every API answer says how much of the hour's budget is left.
     let api = ["/repos/", "/orgs/", "/enterprises/"]
         .iter()
@@ -430,7 +449,8 @@ async fn handle(AxState(state): AxState<Shared>, req: Request) -> Response {
         at: std::time::Instant::now(),
         method: parts.method.to_string(),
         path: full,
-        status: resp.status().as_u16(),
+        // 0: no answer, the connection was reset.
+        status: if reset { 0 } else { resp.status().as_u16() },
     });
     resp
 }

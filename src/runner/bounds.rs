@@ -1,7 +1,8 @@
 //! What a running VM may not do, checked on every tick of its loop's wait: fill
-//! its loop directory, print without end, outlive `--vm-lifetime`, or outlive its
-//! runner at GitHub. Owns those bounds and their checks; it does not stop the VM
-//! (the iteration does, with the reason it gets).
+//! its loop directory, print without end, outlive `--vm-lifetime`, outlive its
+//! runner at GitHub, or keep an idle runner offline there (a frozen guest). Owns
+//! those bounds and their checks; it does not stop the VM (the iteration does,
+//! with the reason it gets).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use protocol::safefs;
 
 use super::Loop;
+use crate::forge::RunnerInfo;
 
 /// What a guest may keep in its loop directory while its VM runs: the protocol
 /// needs four small files; a job that makes more is stopped before it fills the
@@ -27,6 +29,10 @@ pub(super) struct Watch {
     gone_check: Duration,
     last_gone_check: Instant,
     gone_since: Option<Instant>,
+    /// GitHub showed the runner online at one of our checks.
+    seen_online: bool,
+    /// Since when GitHub shows it offline and idle (after it was seen online).
+    offline_since: Option<Instant>,
 }
 
 impl Watch {
@@ -38,6 +44,8 @@ impl Watch {
             gone_check: gone_check_interval(),
             last_gone_check: Instant::now(),
             gone_since: None,
+            seen_online: false,
+            offline_since: None,
         }
     }
 
@@ -67,29 +75,58 @@ impl Watch {
                 lp.cfg.vm_lifetime.as_secs()
             ));
         }
-        // A runner gone from GitHub whose VM lives on: its job is over (or was
-        // taken away) and nothing more can come; a guest keeping its VM past that
-        // is ended.
+        // A runner gone from GitHub (or offline there, idle) whose VM lives on: its
+        // job is over (or was taken away) and nothing more can come; a guest
+        // keeping its VM past that is ended.
         if ready && !drained && self.last_gone_check.elapsed() >= self.gone_check {
             self.last_gone_check = Instant::now();
             let found =
                 tokio::time::timeout(Duration::from_secs(10), lp.forge.find_runner(name)).await;
-            match found {
-                Ok(Ok(None)) => {
-                    let since = *self.gone_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= self.gone_check {
-                        return Some(format!(
-                            "runner {name} is gone from GitHub but its VM still runs after {}s",
-                            since.elapsed().as_secs()
-                        ));
-                    }
-                }
-                Ok(Ok(Some(_))) => self.gone_since = None,
-                // GitHub unreachable: no verdict.
-                _ => {}
+            // GitHub unreachable: no verdict.
+            if let Ok(Ok(found)) = found {
+                return self.judge(name, found.as_ref());
             }
         }
         None
+    }
+}
+
+impl Watch {
+    /// What GitHub's answer (`found`: the runner, or none of that name) says of a
+    /// running VM: `Some(why)` when it must be ended.
+    fn judge(&mut self, name: &str, found: Option<&RunnerInfo>) -> Option<String> {
+        match found {
+            None => {
+                self.offline_since = None;
+                let since = *self.gone_since.get_or_insert_with(Instant::now);
+                (since.elapsed() >= self.gone_check).then(|| {
+                    format!(
+                        "runner {name} is gone from GitHub but its VM still runs after {}s",
+                        since.elapsed().as_secs()
+                    )
+                })
+            }
+            // Seen online, now offline and idle at GitHub: its listener stopped
+            // talking (a frozen or cut-off guest). No job can come to it; a job it
+            // held was failed by GitHub. (Before it was ever seen online it may
+            // still be starting: a runner is offline until it connects.)
+            Some(r) if r.status == "offline" && !r.busy && self.seen_online => {
+                self.gone_since = None;
+                let since = *self.offline_since.get_or_insert_with(Instant::now);
+                (since.elapsed() >= self.gone_check).then(|| {
+                    format!(
+                        "runner {name} is offline at GitHub but its VM still runs after {}s (a frozen or cut-off guest)",
+                        since.elapsed().as_secs()
+                    )
+                })
+            }
+            Some(r) => {
+                self.gone_since = None;
+                self.offline_since = None;
+                self.seen_online |= r.status == "online";
+                None
+            }
+        }
     }
 }
 
@@ -106,7 +143,7 @@ fn overfilled(dir: &Path) -> Option<String> {
 }
 
 /// How often the loop asks GitHub whether a running VM's runner is still there,
-/// and how long a VM may outlive its runner: 60 s (`GHRM_GONE_CHECK_SECONDS`
+/// and how long a VM may outlive its runner or keep it offline: 60 s (`GHRM_GONE_CHECK_SECONDS`
 /// changes it, for tests and for hosts that must spend fewer API calls).
 fn gone_check_interval() -> Duration {
     let secs = std::env::var("GHRM_GONE_CHECK_SECONDS")
@@ -115,4 +152,66 @@ fn gone_check_interval() -> Duration {
         .filter(|s| *s > 0)
         .unwrap_or(60);
     Duration::from_secs(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(status: &str, busy: bool) -> RunnerInfo {
+        RunnerInfo {
+            id: 1,
+            name: "r".into(),
+            status: status.into(),
+            busy,
+        }
+    }
+
+    fn watch(check: Duration) -> Watch {
+        let mut w = Watch::new(Instant::now());
+        w.gone_check = check;
+        w
+    }
+
+    /// Offline and idle after being seen online: ended once that lasted a check's
+    /// interval; never while it has not been seen online (still starting), never
+    /// while busy (GitHub has not given its job up yet), and online again clears it.
+    #[test]
+    fn an_idle_runner_offline_after_online_is_ended() {
+        let check = Duration::from_millis(50);
+        let mut w = watch(check);
+        assert_eq!(w.judge("r", Some(&runner("offline", false))), None);
+        std::thread::sleep(check * 2);
+        assert_eq!(
+            w.judge("r", Some(&runner("offline", false))),
+            None,
+            "ended before it was ever online"
+        );
+        assert_eq!(w.judge("r", Some(&runner("online", false))), None);
+        assert_eq!(w.judge("r", Some(&runner("offline", true))), None);
+        assert_eq!(w.judge("r", Some(&runner("offline", false))), None);
+        std::thread::sleep(check * 2);
+        assert_eq!(w.judge("r", Some(&runner("offline", true))), None, "busy");
+        assert_eq!(w.judge("r", Some(&runner("offline", false))), None);
+        std::thread::sleep(check * 2);
+        let why = w.judge("r", Some(&runner("offline", false))).unwrap();
+        assert!(why.contains("offline at GitHub"), "{why}");
+        // Online in between: the wait starts again.
+        let mut w = watch(check);
+        w.judge("r", Some(&runner("online", false)));
+        w.judge("r", Some(&runner("offline", false)));
+        std::thread::sleep(check * 2);
+        w.judge("r", Some(&runner("online", false)));
+        assert_eq!(w.judge("r", Some(&runner("offline", false))), None);
+    }
+
+    /// Gone from GitHub: ended once that lasted a check's interval.
+    #[test]
+    fn a_runner_gone_from_github_is_ended() {
+        let check = Duration::from_millis(50);
+        let mut w = watch(check);
+        assert_eq!(w.judge("r", None), None);
+        std::thread::sleep(check * 2);
+        assert!(w.judge("r", None).unwrap().contains("gone from GitHub"));
+    }
 }

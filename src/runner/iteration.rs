@@ -62,6 +62,9 @@ impl Iteration {
 
 impl Loop {
     pub(super) async fn iteration(&mut self) -> Result<Iteration, RunnerError> {
+        // QEMU or the bundle gone under the loop: no runner is minted for a VM that
+        // cannot start (the loop waits for it to come back).
+        self.backend.check_host(&self.cfg.image)?;
         let warm = self.warm.take();
         emit(&LoopEvent::Minting);
         let minted = self.mint(warm.as_ref().map(|w| w.id.as_str())).await;
@@ -176,6 +179,8 @@ impl Loop {
             Some(c) => c,
             None => {
                 if let Err(e) = self.backend.create(spec).await {
+                    // Gone between the check before minting and now: the same wait.
+                    self.backend.check_host(&spec.image)?;
                     let why = format!("cannot create VM {name}: {}", chain(&e));
                     return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
                 }
@@ -183,6 +188,7 @@ impl Loop {
                 match self.backend.start(spec).await {
                     Ok(c) => c,
                     Err(e) => {
+                        self.backend.check_host(&spec.image)?;
                         let why = format!("cannot start VM {name}: {}", chain(&e));
                         return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
                     }

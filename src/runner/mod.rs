@@ -77,6 +77,12 @@ impl RunnerError {
         matches!(self, RunnerError::Io(_, e) if is_full(e))
     }
 
+    /// The hypervisor's executable or the bundle gone from this host: the loop
+    /// waits for it to come back.
+    pub fn is_host_gone(&self) -> bool {
+        matches!(self, RunnerError::Backend(BackendError::Gone { .. }))
+    }
+
     /// The documented exit status.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -280,7 +286,8 @@ impl Loop {
     async fn iterations(&mut self) -> Result<(), RunnerError> {
         let mut failures = 0u32;
         let mut down = Outage::default();
-        let mut full = Full::default();
+        let mut full = Full::new(Lack::Space);
+        let mut gone = Full::new(Lack::HostFiles);
         loop {
             if self.stopping() {
                 info!("asked to stop: loop ends after {} job(s)", self.done);
@@ -317,10 +324,18 @@ impl Loop {
                     full.wait(&e, &mut self.stop.clone()).await;
                     continue;
                 }
+                // QEMU or the bundle gone (uninstalled, pruned, being replaced):
+                // said once, no runner minted meanwhile, waited out the same way.
+                Err(e) if e.is_host_gone() => {
+                    self.last_exit = None;
+                    gone.wait(&e, &mut self.stop.clone()).await;
+                    continue;
+                }
                 r => r?,
             };
             down = Outage::default();
             full.over();
+            gone.over();
             if it.deprecated {
                 return Err(RunnerError::RunnerDeprecated {
                     image: self.cfg.image.clone(),
@@ -398,32 +413,55 @@ pub(crate) fn is_full(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(c) if c == libc::ENOSPC || c == libc::EDQUOT)
 }
 
-/// Waiting for space on a full host file system: said once (with the path), tried
-/// again after 2 s doubling to [`FULL_MAX_WAIT`]; its end is said too.
-#[derive(Default)]
+/// What the host lacks while a loop waits ([`Full`]).
+#[derive(Clone, Copy)]
+enum Lack {
+    /// Space on a full file system.
+    Space,
+    /// The hypervisor's executable or the bundle ([`RunnerError::is_host_gone`]).
+    HostFiles,
+}
+
+/// Waiting for what the host lacks (space on a full file system, or QEMU or the
+/// bundle back): said once (with the path), tried again after 2 s doubling to
+/// [`FULL_MAX_WAIT`]; its end is said too.
 struct Full {
+    lack: Lack,
     since: Option<Instant>,
     tries: u32,
 }
 
 impl Full {
-    /// Wait before the next try after `e` (a full disk); `false` when asked to stop.
+    fn new(lack: Lack) -> Full {
+        Full {
+            lack,
+            since: None,
+            tries: 0,
+        }
+    }
+
+    /// Wait before the next try after `e`; `false` when asked to stop.
     async fn wait(&mut self, e: &RunnerError, stop: &mut watch::Receiver<bool>) -> bool {
         self.tries += 1;
         let wait =
             Duration::from_secs(2u64 << self.tries.min(5).saturating_sub(1)).min(FULL_MAX_WAIT);
         let why = match e {
             RunnerError::Io(what, source) => format!("cannot {what}: {source}"),
+            RunnerError::Backend(b) => b.to_string(),
             other => other.to_string(),
+        };
+        let waiting = match self.lack {
+            Lack::Space => "the file system is full: waiting for space",
+            Lack::HostFiles => "no runner is registered until it is back: waiting",
         };
         if self.since.is_none() {
             self.since = Some(Instant::now());
-            tracing::error!("{why}; the file system is full: waiting for space (trying again every {}s at most)", FULL_MAX_WAIT.as_secs());
-        } else {
-            tracing::debug!(
-                "still no space ({why}); trying again in {}s",
-                wait.as_secs()
+            tracing::error!(
+                "{why}; {waiting} (trying again every {}s at most)",
+                FULL_MAX_WAIT.as_secs()
             );
+        } else {
+            tracing::debug!("still waiting ({why}); trying again in {}s", wait.as_secs());
         }
         events::emit(&crate::types::status::LoopEvent::BackingOff {
             seconds: wait.as_secs(),
@@ -435,13 +473,14 @@ impl Full {
         }
     }
 
-    /// An iteration went through: a full disk, if there was one, is over.
+    /// An iteration went through: what was lacking, if anything, is back.
     fn over(&mut self) {
         if let Some(t) = self.since.take() {
-            info!(
-                "space is back: the loop goes on after {}s",
-                t.elapsed().as_secs()
-            );
+            let what = match self.lack {
+                Lack::Space => "space is back",
+                Lack::HostFiles => "what was gone from the host is back",
+            };
+            info!("{what}: the loop goes on after {}s", t.elapsed().as_secs());
         }
         self.tries = 0;
     }

@@ -332,6 +332,34 @@ impl Hypervisor for Qemu {
         keep::keep(&self.console_path(name), name, prefix, keep)
     }
 
+    fn check_host(&self, image: &str) -> Result<(), BackendError> {
+        if !self.binary.is_file() {
+            return Err(BackendError::Gone {
+                what: format!("QEMU ({})", self.binary.display()),
+                fix: format!(
+                    "{QEMU_HINT}, at that path (restart the orchestrator to use one elsewhere on PATH)"
+                ),
+            });
+        }
+        let bundle = Path::new(image);
+        let files = self.bundle(bundle).and_then(|(kernel, initrd, _)| {
+            match [&kernel, &initrd].into_iter().find(|f| !f.is_file()) {
+                Some(f) => Err(BackendError::Image(
+                    bundle.into(),
+                    format!("{} is missing", f.display()),
+                )),
+                None => Ok(()),
+            }
+        });
+        files.map_err(|e| BackendError::Gone {
+            what: format!("the bundle -i {image}"),
+            fix: format!(
+                "{}; make it again (`orchestrator image bundle … --out {image}`) or restore it",
+                error_chain(&e)
+            ),
+        })
+    }
+
     fn powerdown<'a>(&'a self, name: &'a str) -> BoxFuture<'a, bool> {
         Box::pin(Qemu::powerdown(self, name))
     }
@@ -350,6 +378,18 @@ pub fn describe_exit(st: &std::process::ExitStatus) -> (bool, String) {
         QemuExit::Failed(c) => (false, format!("QEMU failed (exit status {c})")),
         QemuExit::Killed => (false, format!("QEMU {st}")),
     }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 #[cfg(test)]
