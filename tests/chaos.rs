@@ -938,3 +938,78 @@ fn full_disk() {
         println!("chaos::full_disk: {l}");
     }
 }
+
+/// The scratch directory of root-disk bundles too small for one more scratch disk
+/// (`--scratch-size` past what its file system has free, the same as a full one):
+/// one clear error naming the directory and the fix, no runner minted while it
+/// lasts, and a stop that leaves nothing.
+#[test]
+fn scratch_dir_full() {
+    let w = World::new();
+    // A root-disk bundle whose disk is never booted: the check comes first.
+    let bundle = w.dir.path().join("rootdisk-bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    for f in ["vmlinuz", "initrd.img"] {
+        std::fs::copy(crate::common::qemu_bundle().join(f), bundle.join(f)).unwrap();
+    }
+    let disk = w.dir.path().join("root.ext4");
+    std::fs::write(&disk, b"not booted").unwrap();
+    let mut info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::common::qemu_bundle().join("bundle.json")).unwrap(),
+    )
+    .unwrap();
+    info.as_object_mut().unwrap().remove("vmlinux");
+    info["root"] = serde_json::json!({
+        "disk": disk, "image": "example/image", "image_id": "0", "init": "/init"
+    });
+    std::fs::write(bundle.join("bundle.json"), info.to_string()).unwrap();
+    let b = bundle.display().to_string();
+    let mut p = w.runner(&[
+        "-R",
+        "qemu",
+        "-i",
+        &b,
+        "--accel",
+        "tcg",
+        "--net",
+        "restricted",
+        "--scratch-size",
+        "1000000G",
+    ]);
+    let said = |p: &crate::common::Proc| {
+        std::fs::read_to_string(&p.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("MiB scratch disk"))
+            .count()
+    };
+    w.wait_for(
+        "the full scratch directory said",
+        Duration::from_secs(30),
+        &p,
+        || said(&p) >= 1,
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(said(&p), 1, "said more than once:\n{}", p.log());
+    let log = p.log();
+    assert!(
+        log.contains("gh-runner-microvm-scratch") && log.contains("--scratch-size"),
+        "the error names neither the directory nor the fix:\n{log}"
+    );
+    let mints = w
+        .forge
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("generate-jitconfig"))
+        .count();
+    assert_eq!(
+        mints, 0,
+        "a runner was minted for a VM without room:\n{log}"
+    );
+    p.signal(Signal::SIGTERM);
+    let st = p.finish(Duration::from_secs(30));
+    assert!(st.success(), "{st}\n{}", p.log());
+    assert!(w.forge.runners().is_empty(), "{:?}", w.forge.runners());
+    let left = w.wait_no_processes(Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -75,6 +75,7 @@ impl RunnerError {
     /// A host file system that is full (or over quota): the loop waits for space.
     pub fn is_disk_full(&self) -> bool {
         matches!(self, RunnerError::Io(_, e) if is_full(e))
+            || matches!(self, RunnerError::Backend(BackendError::NoRoom(..)))
     }
 
     /// The hypervisor's executable or the bundle gone from this host: the loop

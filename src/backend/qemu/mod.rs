@@ -357,7 +357,12 @@ impl Hypervisor for Qemu {
                 "{}; make it again (`orchestrator image bundle … --out {image}`) or restore it",
                 error_chain(&e)
             ),
-        })
+        })?;
+        // A root-disk bundle's VM needs its scratch disk: no room is a full disk.
+        match self.bundle(bundle) {
+            Ok((_, _, Some(_))) if self.cfg.scratch > 0 => self.scratch_room(),
+            _ => Ok(()),
+        }
     }
 
     fn powerdown<'a>(&'a self, name: &'a str) -> BoxFuture<'a, bool> {

@@ -13,15 +13,11 @@ impl Qemu {
         scratch_root().join(format!("{name}.ext4"))
     }
 
-    /// A fresh, sparse ext4 scratch disk for the VM (mkfs takes ~10 ms: its inode
-    /// tables are left for the guest, which mounts it with `noinit_itable`).
-    pub(super) fn make_scratch(&self, name: &str) -> Result<(), BackendError> {
+    /// Is there room for one more scratch disk? Sparse, but a job may fill it: a
+    /// disk the file system could not hold is refused (before a runner is minted:
+    /// [`super::Qemu`]'s `check_host`).
+    pub(super) fn scratch_room(&self) -> Result<(), BackendError> {
         let root = scratch_root();
-        protocol::safefs::ensure_private_dir(&root)
-            .map_err(|e| BackendError::Spawn(format!("mkdir {}", root.display()), e))?;
-        let path = self.scratch_path(name);
-        let _ = std::fs::remove_file(&path);
-        // Sparse, but a job may fill it: refuse a disk the file system could not hold.
         if let Ok(st) = nix::sys::statvfs::statvfs(&root) {
             let free = st.blocks_available().saturating_mul(st.fragment_size());
             if free < self.cfg.scratch {
@@ -36,6 +32,18 @@ impl Qemu {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// A fresh, sparse ext4 scratch disk for the VM (mkfs takes ~10 ms: its inode
+    /// tables are left for the guest, which mounts it with `noinit_itable`).
+    pub(super) fn make_scratch(&self, name: &str) -> Result<(), BackendError> {
+        let root = scratch_root();
+        protocol::safefs::ensure_private_dir(&root)
+            .map_err(|e| BackendError::Spawn(format!("mkdir {}", root.display()), e))?;
+        let path = self.scratch_path(name);
+        let _ = std::fs::remove_file(&path);
+        self.scratch_room()?;
         let f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
