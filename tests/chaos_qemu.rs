@@ -36,6 +36,9 @@ enum QFault {
     /// The QEMU executable the loop found on PATH deleted while a VM waits; put
     /// back later.
     QemuGone,
+    /// `--start snapshot --warm`: the next VM's QEMU (restored, paused, waiting for
+    /// its hand-over) SIGKILLed while the current job runs.
+    WarmKill,
 }
 
 const SET: &[QFault] = &[
@@ -45,6 +48,7 @@ const SET: &[QFault] = &[
     QFault::IdleFlood,
     QFault::BundleGone,
     QFault::QemuGone,
+    QFault::WarmKill,
 ];
 
 fn name(f: QFault) -> &'static str {
@@ -55,6 +59,7 @@ fn name(f: QFault) -> &'static str {
         QFault::IdleFlood => "qemu:idle/consoleflood",
         QFault::BundleGone => "qemu:idle/bundlegone",
         QFault::QemuGone => "qemu:idle/qemugone",
+        QFault::WarmKill => "qemu:busy/warmkill",
     }
 }
 
@@ -129,6 +134,11 @@ fn run(f: QFault, seed: u64) -> Row {
         ),
     ));
     let mut extra = vec!["-u", "root", "--start", "cold", "--grace", "15"];
+    if f == QFault::WarmKill {
+        extra = vec![
+            "-u", "root", "--start", "snapshot", "--warm", "--grace", "15",
+        ];
+    }
     if matches!(f, QFault::BusyFlood | QFault::IdleFlood) {
         extra.extend(["--console-limit", "1M"]);
     }
@@ -142,6 +152,7 @@ fn run(f: QFault, seed: u64) -> Row {
     match f {
         QFault::BusyKill => jobs.push(w.forge.queue_job(REPO, &[], "sleep 60; echo chaos-ok")),
         QFault::BusyFlood => jobs.push(w.forge.queue_job(REPO, &[], FLOOD)),
+        QFault::WarmKill => jobs.push(w.forge.queue_job(REPO, &[], "sleep 15; echo chaos-ok")),
         _ => {}
     }
     let mut p = w.orchestrator(&orch, &args);
@@ -153,6 +164,12 @@ fn run(f: QFault, seed: u64) -> Row {
             QFault::BusyKill | QFault::BusyFlood => {
                 wait("a busy runner", boot, || ours(&w).iter().any(|r| r.busy))?
             }
+            QFault::WarmKill => wait("a busy runner and a warm VM", boot, || {
+                ours(&w).iter().any(|r| r.busy)
+                    && std::fs::read_to_string(&p.log)
+                        .unwrap_or_default()
+                        .contains(" is warm: ")
+            })?,
             _ => wait("an idle runner online", boot, || {
                 ours(&w).iter().any(|r| r.status == "online")
             })?,
@@ -175,6 +192,22 @@ fn run(f: QFault, seed: u64) -> Row {
                 kill(pids[0], sig);
             }
             QFault::BusyFlood => {}
+            QFault::WarmKill => {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                let vm = log
+                    .lines()
+                    .filter(|l| l.contains(" is warm: "))
+                    .find_map(|l| l.split("VM ").nth(1)?.split(" is warm: ").next())
+                    .ok_or("no warm VM in the log")?
+                    .to_string();
+                let pid = w
+                    .tagged()
+                    .into_iter()
+                    .find(|(_, c)| c.contains("qemu-system-x86_64") && c.contains(&vm))
+                    .map(|(p, _)| p)
+                    .ok_or_else(|| format!("no QEMU process of the warm VM {vm}"))?;
+                kill(pid, Signal::SIGKILL);
+            }
             QFault::IdleFlood => {
                 use std::io::Write;
                 let state = ghrm_qemu_state(&w);
@@ -288,6 +321,7 @@ fn run(f: QFault, seed: u64) -> Row {
         ),
         QFault::BundleGone => ("the bundle -i ", false),
         QFault::QemuGone => ("QEMU (", false),
+        QFault::WarmKill => ("(warm): the hand-over failed", false),
     };
     if !expect.is_empty() {
         let n = log
