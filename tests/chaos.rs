@@ -27,6 +27,9 @@ enum Phase {
     Idle,
     Busy,
     Drain,
+    /// After the job, while the loop removes its VM and deregisters its runner (the
+    /// deregistration held back 2 s so that the fault lands in it).
+    Cleanup,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -153,6 +156,14 @@ const CI: &[Scenario] = &[
         phase: Phase::Drain,
         fault: Fault::LoopKill,
     },
+    Scenario {
+        phase: Phase::Cleanup,
+        fault: Fault::LoopKill,
+    },
+    Scenario {
+        phase: Phase::Cleanup,
+        fault: Fault::Forge5xx,
+    },
 ];
 
 /// Left out of the CI set for time, with the reason; in the long mode's draw.
@@ -219,6 +230,20 @@ const LONG: &[(Scenario, &str)] = &[
             fault: Fault::VmStop,
         },
         "waits out --grace and the busy margin (about 35 s)",
+    ),
+    (
+        Scenario {
+            phase: Phase::Cleanup,
+            fault: Fault::OrchestratorKill,
+        },
+        "as cleanup/loopkill, with a restart",
+    ),
+    (
+        Scenario {
+            phase: Phase::Cleanup,
+            fault: Fault::ForgeReset,
+        },
+        "as cleanup/forge5xx",
     ),
 ];
 
@@ -380,7 +405,7 @@ fn run(sc: Scenario, seed: u64) -> Row {
     // Jobs queued before the start: mint and boot faults hit the first runner.
     if matches!(
         sc.phase,
-        Phase::Mint | Phase::Boot | Phase::Busy | Phase::Drain
+        Phase::Mint | Phase::Boot | Phase::Busy | Phase::Drain | Phase::Cleanup
     ) {
         jobs.push(
             w.forge
@@ -470,12 +495,41 @@ fn run(sc: Scenario, seed: u64) -> Row {
                 wait("a busy runner", t, || ours(&w).iter().any(|r| r.busy))?;
                 std::thread::sleep(rng.millis(1000));
             }
+            Phase::Cleanup => {
+                wait("a busy runner", t, || ours(&w).iter().any(|r| r.busy))?;
+                if matches!(sc.fault, Fault::LoopKill | Fault::OrchestratorKill) {
+                    w.forge.inject(
+                        "DELETE",
+                        "/actions/runners/",
+                        1,
+                        FaultKind::Delay(Duration::from_secs(2)),
+                    );
+                } else {
+                    forge_fault(&mut rng, "DELETE", "/actions/runners/");
+                }
+                wait("the job done, its VM ending", t, || {
+                    w.forge
+                        .jobs()
+                        .first()
+                        .is_some_and(|j| j.status == JobStatus::Completed)
+                })?;
+                std::thread::sleep(rng.millis(300));
+                // The fault must land in the clean-up: its deregistration not answered yet.
+                if matches!(sc.fault, Fault::LoopKill | Fault::OrchestratorKill)
+                    && w.forge
+                        .requests()
+                        .iter()
+                        .any(|r| r.method == "DELETE" && r.path.contains("/actions/runners/"))
+                {
+                    return Err("the clean-up was over before the fault".into());
+                }
+            }
         }
         fault_at = Instant::now();
         if sc.phase == Phase::Drain {
             forge_fault(&mut rng, "DELETE", "/actions/runners/");
             p.signal(Signal::SIGTERM);
-        } else if sc.phase != Phase::Mint {
+        } else if !matches!(sc.phase, Phase::Mint | Phase::Cleanup) {
             forge_fault(&mut rng, "POST", "/generate-jitconfig");
         }
         let vm = w.vms().into_iter().next();

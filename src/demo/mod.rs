@@ -122,6 +122,10 @@ pub fn run(args: DemoConfig, n: u32) -> Result<(), DemoError> {
             &format!("{GUEST_FORGE}=127.0.0.1:{port}"),
         ])
         .args(["-m", &args.memory.to_string(), "-c", "1", "--grace", "30"])
+        // The local forge has no GitHub cap on registrations: the default budget
+        // (30 a minute, per prefix and host, across runs) would pace the demo's
+        // loops (and scripts/bench.sh's back-to-back runs), not its VMs.
+        .args(["--registrations", "600/60"])
         .args(args.warm.then_some("--warm"))
         .env("RUNNER_PAT", PAT)
         // The table reads boot_ms= and turnaround_ms= from text lines.
