@@ -812,7 +812,7 @@ fn chaos_suite() {
 }
 
 /// A tmpfs mounted for one test, lazily unmounted on every path.
-struct Tmpfs(std::path::PathBuf);
+pub(crate) struct Tmpfs(pub(crate) std::path::PathBuf);
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {

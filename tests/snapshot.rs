@@ -305,3 +305,65 @@ fn sigterm_during_a_warm_wait_leaves_nothing() {
     let left = w.wait_no_processes(Duration::from_secs(5));
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The cache on a full file system (a 1 MiB tmpfs as `XDG_CACHE_HOME`): no template
+/// can be written, so `--start auto` says so once (naming the cause) and every VM
+/// boots cold; the jobs run, and no partial template is left.
+#[test]
+fn a_full_cache_boots_cold_with_one_warning() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("snapshot::a_full_cache_boots_cold_with_one_warning skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let w = World::new();
+    let cache = w.dir.path().join("small-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "snapshot-cache"])
+        .arg(&cache)
+        .status()
+        .unwrap();
+    if !st.success() {
+        println!(
+            "snapshot::a_full_cache_boots_cold_with_one_warning skipped: cannot mount a tmpfs here"
+        );
+        return;
+    }
+    let _mounted = crate::chaos::Tmpfs(cache.clone());
+    w.env
+        .lock()
+        .unwrap()
+        .push(("XDG_CACHE_HOME".into(), cache.display().to_string()));
+    for _ in 0..2 {
+        w.forge.queue_job(REPO, &[], "echo ok");
+    }
+    let args = qemu_args(&w, &["-r", "2"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut p = w.orchestrator(&["-n", "1", "-R", "qemu"], &args);
+    let st = p.finish(Duration::from_secs(300));
+    let log = p.log();
+    assert!(st.success(), "{st}\n{log}");
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("--start auto: no snapshot template"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("No space left on device") || warned[0].contains("saving the template"),
+        "the warning does not say why: {}",
+        warned[0]
+    );
+    assert!(!log.contains(RESTORED), "{log}");
+    for j in w.forge.jobs() {
+        assert_eq!(j.status, JobStatus::Completed, "{log}");
+        assert_eq!(j.exit_code, Some(0), "{}", j.output);
+    }
+    let left: Vec<_> = std::fs::read_dir(cache.join("gh-runner-microvm/templates"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| n.to_string_lossy().ends_with(".lock")),
+        "partial templates left: {left:?}"
+    );
+    assert!(ghrm_qemu_state(&w).is_empty(), "{:?}", ghrm_qemu_state(&w));
+}
