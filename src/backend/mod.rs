@@ -73,6 +73,9 @@ pub enum BackendError {
     /// `--start snapshot`: no snapshot template could be made.
     #[error("--start snapshot: {0} (--start auto boots cold instead)")]
     Snapshot(String),
+    /// `--warm`: a waiting VM could not be handed its configuration.
+    #[error("--warm: the hand-over failed: {0}")]
+    Handoff(String),
     /// The image is not a usable QEMU bundle; the cause follows.
     #[error("-i {0}: not a usable QEMU bundle")]
     Bundle(std::path::PathBuf, #[source] crate::image::ImageError),
@@ -115,8 +118,8 @@ pub trait Hypervisor: std::fmt::Debug {
         })
     }
 
-    /// `--warm`: start the VM up to where it waits for its configuration, registering
-    /// nothing; `None` where the backend cannot.
+    /// `--warm`: create the VM and start it up to where it waits for its
+    /// configuration, registering nothing; `None` where the backend cannot.
     fn prestart<'a>(
         &'a self,
         _spec: &'a VmSpec,

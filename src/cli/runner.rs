@@ -274,7 +274,7 @@ pub struct RunnerOpts {
     /// QEMU: while a job runs, start the next VM (restored, or booted cold) up to
     /// where it waits for its configuration, registering nothing; when the job's VM
     /// exits, its runner is up in the time of one mint and the hand-over. Costs one
-    /// more idle VM of memory (-m) per loop.
+    /// more idle VM of memory (-m) per loop (and a scratch disk, for --oci bundles).
     #[arg(long = "warm", env = "RUNNER_WARM")]
     pub warm: bool,
     /// QEMU: the guest's network. internet: the internet and nothing of this host

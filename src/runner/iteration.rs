@@ -93,9 +93,18 @@ impl Loop {
         emit(&LoopEvent::Registered);
         let name = vm_name(&self.cfg.prefix, &id);
         let secret = match &self.cfg.secret {
-            Some(s) => s.expose().to_string(),
+            Some(s) => Ok(s.expose().to_string()),
             None => secret::generate()
-                .map_err(|e| RunnerError::Io("read the system's random source".into(), e.into()))?,
+                .map_err(|e| RunnerError::Io("read the system's random source".into(), e.into())),
+        };
+        let secret = match secret {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(w) = warm {
+                    self.discard(w).await;
+                }
+                return Err(e);
+            }
         };
         let guest = GuestConfig {
             name: name.clone(),
@@ -107,7 +116,15 @@ impl Loop {
             verbose: self.cfg.verbose,
             dns: self.cfg.dns.clone(),
         };
-        let dotenv = guest.to_dotenv().map_err(|e| ConfigError(e.to_string()))?;
+        let dotenv = match guest.to_dotenv() {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(w) = warm {
+                    self.discard(w).await;
+                }
+                return Err(ConfigError(e.to_string()).into());
+            }
+        };
         drop(guest);
         let args = match &self.dir {
             Some(dir) => {
@@ -453,11 +470,9 @@ impl Loop {
             }
         };
         let spec = self.vm_spec(&name, guest_args(&id), dev.as_ref());
-        let started = match self.backend.create(&spec).await {
-            Ok(()) => self.backend.prestart(&spec).await,
-            Err(e) => Err(e),
-        };
-        match started {
+        // prestart creates the VM too (without making a template inline: the wait
+        // for this VM's job goes on meanwhile).
+        match self.backend.prestart(&spec).await {
             Ok(Some(child)) => {
                 info!(
                     vm = %name,

@@ -232,12 +232,17 @@ impl Loop {
                 .map_err(|e| RunnerError::Io(format!("restrict {}", d.display()), e))?;
         }
         backend.prepare(&cfg.image).await?;
-        if cfg.warm && (backend.runtime() != crate::types::runtime::Runtime::Qemu || dir.is_none())
-        {
+        if cfg.warm && backend.runtime() != crate::types::runtime::Runtime::Qemu {
             return Err(ConfigError(format!(
-                "--warm needs the qemu runtime with isolation (-R qemu), not {}",
+                "--warm needs the qemu runtime (-R qemu), not {}",
                 backend.runtime().name()
             ))
+            .into());
+        }
+        if cfg.warm && dir.is_none() {
+            return Err(ConfigError(
+                "--warm needs isolation (a loop directory), which the orchestrator's -I/--no-isolation turns off".into(),
+            )
             .into());
         }
         let deadline = cfg.terminate.map(|t| Instant::now() + t);

@@ -270,7 +270,7 @@ impl Hypervisor for Qemu {
     fn create<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
             self.create_dir(spec)?;
-            self.plan_start(spec).await
+            self.plan_start(spec, true).await
         })
     }
 

@@ -39,14 +39,17 @@ const MAKE_TIMEOUT: Duration = Duration::from_secs(180);
 /// A restored guest must answer within this (QEMU loads ~100 MB, then the guest
 /// applies its message).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--start auto`: a loop whose template could not be made tries again after this.
+const RETRY_AFTER: Duration = Duration::from_secs(600);
 /// Format of the key; bump it when the template's contract with the guest changes.
 const KEY_VERSION: &str = "ghrm-template-1";
 
 /// What the loop knows of its templates.
 #[derive(Debug, Default)]
 pub(super) struct Templates {
-    /// Why this loop boots cold from now on (`--start auto` after a failure).
-    disabled: Option<String>,
+    /// Since when this loop boots cold (`--start auto` after a failure); it tries
+    /// again after [`RETRY_AFTER`] (the cause may pass: a full cache, a lock).
+    disabled: Option<Instant>,
     /// VMs to restore, with their template, decided at create.
     restore: std::collections::HashMap<String, PathBuf>,
     /// `--warm` VMs waiting for their hand-over: paused after a restore (true) or
@@ -126,7 +129,11 @@ impl Qemu {
     fn template_key(&self, spec: &VmSpec) -> Result<(String, String), BackendError> {
         let (kernel, initrd, root) = self.bundle(Path::new(&spec.image))?;
         let (_, argv) = self.argv(&self.template_spec(spec, "template"), Boot::Template)?;
-        let mut key = format!("{KEY_VERSION}\nqemu {}\n", file_id(&self.binary));
+        let mut key = format!(
+            "{KEY_VERSION}\nqemu {}\nhost {}\n",
+            file_id(&self.binary),
+            host_id()
+        );
         for f in [Some(kernel), Some(initrd), root.map(|r| r.disk)]
             .into_iter()
             .flatten()
@@ -154,30 +161,41 @@ impl Qemu {
 
     /// At create: settle how `spec` starts. With a template (made now when there is
     /// none), the VM will be restored from it; without, it boots cold.
-    pub(super) async fn plan_start(&self, spec: &VmSpec) -> Result<(), BackendError> {
+    /// `make`: a missing template is made now (a cold boot and a save); without,
+    /// the VM boots cold (`--warm`'s next VM is never worth a template boot inline).
+    pub(super) async fn plan_start(&self, spec: &VmSpec, make: bool) -> Result<(), BackendError> {
         use super::StartMode::*;
-        if self.cfg.start == Cold || self.templates().disabled.is_some() {
+        if self.cfg.start == Cold
+            || self
+                .templates()
+                .disabled
+                .is_some_and(|t| t.elapsed() < RETRY_AFTER)
+        {
             return Ok(());
         }
-        let made = self.template_for(spec).await;
+        let made = self.template_for(spec, make).await;
         match (made, self.cfg.start) {
-            (Ok(path), _) => {
+            (Ok(Some(path)), _) => {
                 self.templates().restore.insert(spec.name.clone(), path);
                 Ok(())
             }
+            (Ok(None), _) => Ok(()),
             (Err(why), Snapshot) => Err(BackendError::Snapshot(why)),
             (Err(why), _) => {
                 tracing::warn!(
-                    "--start auto: no snapshot template ({why}); this loop's VMs boot cold"
+                    "--start auto: no snapshot template ({why}); this loop's VMs boot cold, trying again in {} min \
+                     (--start cold never tries)",
+                    RETRY_AFTER.as_secs() / 60
                 );
-                self.templates().disabled = Some(why);
+                self.templates().disabled = Some(Instant::now());
                 Ok(())
             }
         }
     }
 
-    /// The template file for `spec`, made when missing (one maker at a time per key).
-    async fn template_for(&self, spec: &VmSpec) -> Result<PathBuf, String> {
+    /// The template file for `spec`, made when missing and `make` (one maker at a
+    /// time per key).
+    async fn template_for(&self, spec: &VmSpec, make: bool) -> Result<Option<PathBuf>, String> {
         let info = crate::image::BundleInfo::load(Path::new(&spec.image))
             .map_err(|e| format!("-i {}: {e}", spec.image))?;
         if self.cfg.kernel.is_none()
@@ -201,20 +219,25 @@ impl Qemu {
             .map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let mem = dir.join(format!("{stem}.mem"));
         let keyfile = dir.join(format!("{stem}.key"));
-        let _lock = lock(&dir.join(format!("{stem}.lock"))).await?;
         let matches = |p: &Path| {
             protocol::safefs::read_bounded(p, 64 << 10)
                 .ok()
                 .flatten()
                 .is_some_and(|k| k == key.as_bytes())
         };
-        if protocol::safefs::is_regular(&mem) && matches(&keyfile) {
+        let ready = || protocol::safefs::is_regular(&mem) && matches(&keyfile);
+        if !make {
+            return Ok(ready().then_some(mem));
+        }
+        let _lock = lock(&dir.join(format!("{stem}.lock"))).await?;
+        if ready() {
             // Used now: pruning takes the least recently used.
             if let Ok(f) = std::fs::File::open(&mem) {
                 let _ = f.set_modified(std::time::SystemTime::now());
             }
-            return Ok(mem);
+            return Ok(Some(mem));
         }
+        sweep_partial(&dir);
         let t0 = Instant::now();
         self.make_template(spec, &stem, &mem).await?;
         protocol::safefs::write_replace(&keyfile, key.as_bytes(), 0o600)
@@ -228,7 +251,7 @@ impl Qemu {
             t0.elapsed().as_millis()
         );
         prune(&dir, &stem);
-        Ok(mem)
+        Ok(Some(mem))
     }
 
     /// Boot `spec`'s template guest until it waits, then save it to `mem`.
@@ -431,7 +454,13 @@ impl Qemu {
         unsafe {
             cmd.pre_exec(move || {
                 let _keep = &file;
-                if libc::dup2(raw, INCOMING_FD) < 0 {
+                // Already there (dup2 would keep its close-on-exec flag): clear it.
+                let rc = if raw == INCOMING_FD {
+                    libc::fcntl(raw, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, INCOMING_FD)
+                };
+                if rc < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -551,6 +580,8 @@ impl Qemu {
         &self,
         spec: &VmSpec,
     ) -> Result<tokio::process::Child, BackendError> {
+        self.create_dir(spec)?;
+        self.plan_start(spec, false).await?;
         let planned = self.templates().restore.remove(&spec.name);
         if let Some(mem) = planned {
             match self.spawn_restore(spec, &mem).await {
@@ -583,9 +614,10 @@ impl Qemu {
         spec: &VmSpec,
         child: &mut tokio::process::Child,
     ) -> Result<(), BackendError> {
-        let paused = self.templates().held.remove(&spec.name).ok_or_else(|| {
-            BackendError::Snapshot(format!("VM {} was not prestarted", spec.name))
-        })?;
+        let paused =
+            self.templates().held.remove(&spec.name).ok_or_else(|| {
+                BackendError::Handoff(format!("VM {} was not prestarted", spec.name))
+            })?;
         let line = self.resume_line(spec)?;
         // A cold-booted warm VM may still be booting: give it a boot's time.
         let within = if paused {
@@ -595,7 +627,7 @@ impl Qemu {
         };
         match tokio::time::timeout(within, self.wake(spec, child, &line, paused)).await {
             Ok(Ok(())) => Ok(()),
-            outcome => Err(BackendError::Snapshot(
+            outcome => Err(BackendError::Handoff(
                 self.give_up(spec, child, outcome).await,
             )),
         }
@@ -656,15 +688,65 @@ fn prune(dir: &Path, keep: &str) {
     mems.sort();
     let excess = (mems.len() + 1).saturating_sub(KEEP);
     for (_, stem) in mems.into_iter().take(excess) {
-        for ext in ["mem", "key", "lock"] {
+        // Never the lock: a loop waiting on it would take a new one beside a maker.
+        for ext in ["mem", "key"] {
             let _ = std::fs::remove_file(dir.join(format!("{stem}.{ext}")));
         }
     }
 }
 
+/// Partial templates (`<stem>.mem.tmp-<pid>`) of makers that are gone (a SIGKILLed
+/// loop), removed before a new one is made.
+fn sweep_partial(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.split_once(".mem.tmp-").map(|(_, p)| p.to_string()) else {
+            continue;
+        };
+        let alive = pid
+            .parse::<u32>()
+            .is_ok_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// What of this host a template depends on beyond QEMU's argv: its kernel (KVM),
+/// its CPU's features (`-cpu host`, `-cpu max`) and the machine (a cache shared
+/// between hosts).
+fn host_id() -> String {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let flags = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or_default()
+        .to_string();
+    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    digest(&format!("{}\n{flags}\n{}", release.trim(), machine.trim()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_templates_of_gone_makers_are_swept() {
+        let d = tempfile::tempdir().unwrap();
+        let gone = d.path().join("s.mem.tmp-999999999");
+        let mine = d.path().join(format!("s.mem.tmp-{}", std::process::id()));
+        let other = d.path().join("s.mem");
+        for f in [&gone, &mine, &other] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        sweep_partial(d.path());
+        assert!(!gone.exists());
+        assert!(mine.exists() && other.exists());
+    }
 
     #[test]
     fn quoting_keeps_a_path_one_word() {

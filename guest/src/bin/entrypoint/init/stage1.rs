@@ -28,7 +28,9 @@ pub fn run_if_wanted() {
             let mut cmd = Command::new(&next.init);
             cmd.env_clear()
                 .env("HOME", "/root") // unless the image says otherwise
-                .envs(next.env.iter().map(|(k, v)| (k, v)));
+                .envs(next.env.iter().map(|(k, v)| (k, v)))
+                // Ours only: an image's `ENV GHRM_CMDLINE=` must not pose as a restore's.
+                .env_remove(resume::CMDLINE_VAR);
             match &next.resumed {
                 Some(line) => cmd
                     .args(protocol::cmdline::init_args(line))
