@@ -14,6 +14,7 @@ use super::drain::{Drain, Running};
 use super::events::emit;
 use super::{Loop, RunnerError};
 use crate::forge::Deletion;
+use crate::logging::chain;
 use crate::types::invalid::ConfigError;
 use crate::types::mount::Mount;
 use crate::types::names::vm_name;
@@ -625,18 +626,6 @@ fn dev_copy(host: &Path, loop_dir: Option<&Path>) -> Result<tempfile::TempDir, R
     std::fs::copy(&from, d.path().join("entrypoint"))
         .map_err(|e| RunnerError::Io(format!("copy {} for -D", from.display()), e))?;
     Ok(d)
-}
-
-/// An error and its causes on one line, for a failure that is reported later.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// Empty the loop directory; what our own walk cannot remove (a tree deeper

@@ -355,7 +355,7 @@ impl Hypervisor for Qemu {
             what: format!("the bundle -i {image}"),
             fix: format!(
                 "{}; make it again (`orchestrator image bundle … --out {image}`) or restore it",
-                error_chain(&e)
+                crate::logging::chain(&e)
             ),
         })?;
         // A root-disk bundle's VM needs its scratch disk: no room is a full disk.
@@ -383,18 +383,6 @@ pub fn describe_exit(st: &std::process::ExitStatus) -> (bool, String) {
         QemuExit::Failed(c) => (false, format!("QEMU failed (exit status {c})")),
         QemuExit::Killed => (false, format!("QEMU {st}")),
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -387,21 +387,25 @@ impl Qemu {
                     );
                     return Ok(child);
                 }
-                Err(why) => {
-                    tracing::warn!(
-                        "VM {}: the restore from the snapshot template {} failed ({why}); booting it cold, and the template is made again for the next VM",
-                        spec.name,
-                        mem.display()
-                    );
-                    let _ = std::fs::remove_file(&mem);
-                    let _ = std::fs::remove_file(mem.with_extension("key"));
-                    for f in ["qmp.sock", "ctl.sock"] {
-                        let _ = std::fs::remove_file(self.dir(&spec.name).join(f));
-                    }
-                }
+                Err(why) => self.restore_failed(spec, &mem, &why),
             }
         }
         self.spawn_with_net(&spec.name, self.qemu_command(spec, Boot::Cold)?)
+    }
+
+    /// A restore from `mem` failed: said once; the template goes (the next VM's
+    /// create makes it again) and the VM's sockets with it (it boots cold now).
+    fn restore_failed(&self, spec: &VmSpec, mem: &Path, why: &str) {
+        tracing::warn!(
+            "VM {}: the restore from the snapshot template {} failed ({why}); booting it cold, and the template is made again for the next VM",
+            spec.name,
+            mem.display()
+        );
+        let _ = std::fs::remove_file(mem);
+        let _ = std::fs::remove_file(mem.with_extension("key"));
+        for f in ["qmp.sock", "ctl.sock"] {
+            let _ = std::fs::remove_file(self.dir(&spec.name).join(f));
+        }
     }
 
     /// Restore `spec`'s VM from `mem` and hand it its resume message.
@@ -589,18 +593,7 @@ impl Qemu {
                     self.templates().held.insert(spec.name.clone(), true);
                     return Ok(child);
                 }
-                Err(why) => {
-                    tracing::warn!(
-                        "VM {}: the restore from the snapshot template {} failed ({why}); booting it cold, and the template is made again for the next VM",
-                        spec.name,
-                        mem.display()
-                    );
-                    let _ = std::fs::remove_file(&mem);
-                    let _ = std::fs::remove_file(mem.with_extension("key"));
-                    for f in ["qmp.sock", "ctl.sock"] {
-                        let _ = std::fs::remove_file(self.dir(&spec.name).join(f));
-                    }
-                }
+                Err(why) => self.restore_failed(spec, &mem, &why),
             }
         }
         let child = self.spawn_with_net(&spec.name, self.qemu_command(spec, Boot::Warm)?)?;
