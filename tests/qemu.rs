@@ -649,6 +649,14 @@ fn qemu_dev_dir_and_mounts() {
     assert!(st.success(), "{st}\n{log}");
     let j = &w.forge.jobs()[0];
     assert_eq!(j.exit_code, Some(0), "{}\n{log}", j.output);
+    // The template made before the mint (for the loop's shape, -D and -M included)
+    // is the one this VM was restored from: made once.
+    assert_eq!(
+        log.matches("made the snapshot template").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("restored from the snapshot template"), "{log}");
     assert!(
         j.output.contains("pid1=/local/entrypoint"),
         "PID 1 is not the dev entrypoint:\n{}",

@@ -118,6 +118,12 @@ pub trait Hypervisor: std::fmt::Debug {
         })
     }
 
+    /// Before a runner is minted: prepare what VMs of `shape` need to start (its
+    /// name is no VM's; QEMU makes its snapshot template when missing).
+    fn prepare_start<'a>(&'a self, _shape: &'a VmSpec) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// `--warm`: create the VM and start it up to where it waits for its
     /// configuration, registering nothing; `None` where the backend cannot.
     fn prestart<'a>(
@@ -250,6 +256,11 @@ impl Backend {
     /// Start the VM; the returned child lives as long as the VM.
     pub async fn start(&self, spec: &VmSpec) -> Result<Child, BackendError> {
         self.0.start(spec).await
+    }
+
+    /// Prepare what VMs of `shape` need to start, before a runner is minted.
+    pub async fn prepare_start(&self, shape: &VmSpec) -> Result<(), BackendError> {
+        self.0.prepare_start(shape).await
     }
 
     /// `--warm`: start the VM up to where it waits for its configuration.

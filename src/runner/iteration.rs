@@ -66,6 +66,16 @@ impl Loop {
         // QEMU or the bundle gone under the loop: no runner is minted for a VM that
         // cannot start (the loop waits for it to come back).
         self.backend.check_host(&self.cfg.image)?;
+        // The VM's start prepared before a runner is minted for it (QEMU: its
+        // snapshot template made when missing), so that no runner waits for it and
+        // one that cannot be prepared costs no registration.
+        if self.warm.is_none() {
+            let shape = self.shape();
+            if let Err(e) = self.backend.prepare_start(&shape).await {
+                let why = format!("cannot prepare the next VM: {}", chain(&e));
+                return Ok(Iteration::failed(Outcome::VmFailed, why, Duration::ZERO));
+            }
+        }
         let warm = self.warm.take();
         emit(&LoopEvent::Minting);
         let minted = self.mint(warm.as_ref().map(|w| w.id.as_str())).await;
@@ -452,6 +462,21 @@ impl Loop {
             entrypoint,
             args,
         }
+    }
+
+    /// A spec of this loop's VMs' shape (its devices, shares and memory, as a
+    /// template's key sees them), under a name no VM has.
+    fn shape(&self) -> VmSpec {
+        let id = format!("{}-shape", self.cfg.loop_id);
+        let mut spec = self.vm_spec(&vm_name(&self.cfg.prefix, &id), guest_args(&id), None);
+        if let (Some((_, guest)), Some(dir)) = (&self.cfg.dev, &self.dir) {
+            spec.mounts.push(Mount {
+                host: dir.clone(),
+                guest: guest.clone(),
+                options: None,
+            });
+        }
+        spec
     }
 
     /// `--warm`: start the next VM under a name chosen now, up to where it waits

@@ -285,6 +285,14 @@ impl Hypervisor for Qemu {
         Box::pin(self.start_vm(spec))
     }
 
+    fn prepare_start<'a>(&'a self, shape: &'a VmSpec) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let r = self.plan_start(shape, true).await;
+            self.forget_start(&shape.name);
+            r
+        })
+    }
+
     fn prestart<'a>(
         &'a self,
         spec: &'a VmSpec,
