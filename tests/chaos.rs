@@ -619,12 +619,7 @@ fn run(sc: Scenario, seed: u64) -> Row {
         problems.push(format!("exit {exit}"));
     }
     let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-    let error = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("ERROR") || l.starts_with("error"))
-        .map(|l| l.chars().take(90).collect::<String>())
-        .unwrap_or_else(|| "-".into());
+    let error = last_error(&log);
     // Jobs: queued = completed exactly once (ok or reported failed); none lost, none twice.
     let all = w.forge.jobs();
     let (mut ok, mut failed) = (0, 0);
@@ -737,6 +732,15 @@ fn run(sc: Scenario, seed: u64) -> Row {
     }
 }
 
+/// The log's last error line, cut to fit the table (`-` when there is none).
+pub(crate) fn last_error(log: &str) -> String {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("ERROR") || l.starts_with("error"))
+        .map(|l| l.chars().take(90).collect::<String>())
+        .unwrap_or_else(|| "-".into())
+}
+
 pub(crate) fn wait_exit(
     p: &mut crate::common::Proc,
     within: Duration,
@@ -812,7 +816,20 @@ fn chaos_suite() {
 }
 
 /// A tmpfs mounted for one test, lazily unmounted on every path.
-pub(crate) struct Tmpfs(pub(crate) std::path::PathBuf);
+/// A 1 MiB tmpfs mounted on a test's directory, unmounted when dropped.
+pub(crate) struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mount it on `dir` (root only); `None` where that cannot be done.
+    pub(crate) fn mount(dir: &std::path::Path) -> Option<Tmpfs> {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "ghrm-test"])
+            .arg(dir)
+            .status()
+            .ok()?;
+        st.success().then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
@@ -871,16 +888,10 @@ fn full_disk() {
     let w = World::new();
     w.forge.set_runner_timeout(RUNNER_TIMEOUT);
     let tmp = w.tmp();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "chaos-full"])
-        .arg(&tmp)
-        .status()
-        .unwrap();
-    if !st.success() {
+    let Some(_mounted) = Tmpfs::mount(&tmp) else {
         println!("chaos::full_disk skipped: cannot mount a tmpfs here");
         return;
-    }
-    let _mounted = Tmpfs(tmp.clone());
+    };
     fill(&tmp);
     let orch_args = ["-n", "1", "-R", "krunvm", "-p", PREFIX, "--reconcile", "1"];
     let runner_args = ["-u", "root", "--grace", "15", "--boot-timeout", "4"];

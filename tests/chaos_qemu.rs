@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::chaos::{
-    header, kill, mix, ours, print_row, wait, wait_exit, Rng, Row, GONE_CHECK, PREFIX,
+    header, kill, last_error, mix, ours, print_row, wait, wait_exit, Rng, Row, GONE_CHECK, PREFIX,
     RUNNER_TIMEOUT,
 };
 use crate::common::{qemu_bundle, World, REPO};
@@ -293,12 +293,7 @@ fn run(f: QFault, seed: u64) -> Row {
         problems.push(format!("exit {exit}"));
     }
     let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-    let error = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("ERROR") || l.starts_with("error"))
-        .map(|l| l.chars().take(90).collect::<String>())
-        .unwrap_or_else(|| "-".into());
+    let error = last_error(&log);
     let all = w.forge.jobs();
     let (mut ok, mut failed) = (0, 0);
     for j in &all {

@@ -318,18 +318,12 @@ fn a_full_cache_boots_cold_with_one_warning() {
     let w = World::new();
     let cache = w.dir.path().join("small-cache");
     std::fs::create_dir_all(&cache).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "snapshot-cache"])
-        .arg(&cache)
-        .status()
-        .unwrap();
-    if !st.success() {
+    let Some(_mounted) = crate::chaos::Tmpfs::mount(&cache) else {
         println!(
             "snapshot::a_full_cache_boots_cold_with_one_warning skipped: cannot mount a tmpfs here"
         );
         return;
-    }
-    let _mounted = crate::chaos::Tmpfs(cache.clone());
+    };
     w.env
         .lock()
         .unwrap()

@@ -711,16 +711,20 @@ fn sweep_partial(dir: &Path) {
 /// What of this host a template depends on beyond QEMU's argv: its kernel (KVM),
 /// its CPU's features (`-cpu host`, `-cpu max`) and the machine (a cache shared
 /// between hosts).
-fn host_id() -> String {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let flags = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("flags"))
-        .unwrap_or_default()
-        .to_string();
-    let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
-    digest(&format!("{}\n{flags}\n{}", release.trim(), machine.trim()))
+/// Read once per process: it is part of every key, computed twice per VM.
+fn host_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let flags = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .unwrap_or_default()
+            .to_string();
+        let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+        digest(&format!("{}\n{flags}\n{}", release.trim(), machine.trim()))
+    })
 }
 
 #[cfg(test)]
