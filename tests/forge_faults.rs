@@ -544,9 +544,8 @@ fn a_forge_outage_longer_than_the_retries_is_ridden_out() {
             .iter()
             .any(|j| j.id == first && j.status == JobStatus::Completed)
     });
-    // The next runner is up (or coming): GitHub goes away under it for 60 s. It
-    // may still take the second job (the runners' own protocol is not down); the
-    // third needs a runner minted during the outage.
+    // The next runner is up (or coming): GitHub goes away under it for 60 s (the
+    // runners' own protocol is not down, so it may still take a job).
     w.forge.outage(Duration::from_secs(60));
     // One of the two may go to a runner minted just before the outage (the loop
     // is fast): the other needs a runner minted during it. Wait for both.
